@@ -1,0 +1,179 @@
+"""Checkpoints: one `.safetensors` file holding the weights and, in its header, JSON metadata.
+
+The metadata (model name and arguments, classes, palette, road classes, input size, normalisation,
+recipe, metrics) is enough to rebuild the model, so a node or CLI needs no other configuration.
+Loading never unpickles: safetensors stores raw tensors, the metadata is plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from msseg_core.models import build_model
+
+FORMAT = "msseg-checkpoint/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CHECKPOINT_NAME = "camvid_default.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, or does not match the model it describes."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything needed to rebuild and run a trained network."""
+
+    model: str
+    model_args: dict
+    class_names: list[str]
+    palette: list[list[int]]
+    road_classes: list[str]
+    input_size: list[int]  # [height, width] the network was trained at
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    dataset: str = ""
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def validate(self) -> None:
+        """Raise CheckpointError on inconsistent metadata, before any model is built from it."""
+        n = self.num_classes
+        if n < 1:
+            raise CheckpointError("checkpoint metadata lists no classes")
+        if len(set(self.class_names)) != n:
+            raise CheckpointError(f"duplicate class names in checkpoint metadata: {self.class_names}")
+        if len(self.palette) != n or any(
+            len(c) != 3 or any(not isinstance(v, int) or not 0 <= v <= 255 for v in c) for c in self.palette
+        ):
+            raise CheckpointError(f"palette must hold {n} RGB triples of 0..255")
+        unknown = [r for r in self.road_classes if r not in self.class_names]
+        if unknown:
+            raise CheckpointError(f"road classes {unknown} are not among the classes {self.class_names}")
+        if len(self.input_size) != 2 or any(not isinstance(v, int) or v < 1 for v in self.input_size):
+            raise CheckpointError(f"input_size must be [height, width] > 0, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise CheckpointError("mean and std must have 3 entries, std > 0")
+        if not isinstance(self.model_args, dict):
+            raise CheckpointError("model_args must be a JSON object")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckpointMeta:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"checkpoint metadata is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CheckpointError("checkpoint metadata must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        required = ("model", "model_args", "class_names", "palette", "road_classes", "input_size")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise CheckpointError(f"checkpoint metadata lacks {missing}")
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        meta.validate()
+        return meta
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary shareable file
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta,
+                    half: bool = False) -> Path:
+    """Save weights + metadata atomically; `half` stores floating weights as fp16 (smaller file)."""
+    meta.validate()
+    model = getattr(model, "module", model)  # unwrap DDP
+    state = {}
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu")
+        if half and t.is_floating_point():
+            t = t.half()
+        state[name] = t.clone().contiguous()  # clone: tied weights must not share storage in the file
+    path = Path(path)
+    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "meta": meta.to_json()}))
+    return path
+
+
+def load_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """Read only the metadata (no tensors), e.g. to list classes or validate parameters."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if header.get("format") != FORMAT or "meta" not in header:
+        raise CheckpointError(f"{path} is not an msseg checkpoint (format {header.get('format')!r})")
+    return CheckpointMeta.from_json(header["meta"])
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model from the file alone; shapes are checked against the metadata's model."""
+    meta = load_meta(path)
+    try:
+        model = build_model(meta.model, num_classes=meta.num_classes, **meta.model_args)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build model {meta.model!r} from its metadata: {exc}") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"cannot read weights from {path}: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path}: weights do not match model {meta.model!r}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    return model.to(device).eval(), meta
+
+
+def default_checkpoint() -> Path:
+    """The CamVid model shipped inside the package."""
+    path = Path(__file__).resolve().parent / "weights" / DEFAULT_CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"the packaged default model is missing: {path}")
+    return path

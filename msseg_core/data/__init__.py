@@ -1,0 +1,44 @@
+"""Datasets (CamVid, Cityscapes, KITTI Road), joint image/mask augmentation, and a GPU-resident data path.
+
+`build_dataset(name, root, split)` is the entry point; samples are (uint8 HxWx3 RGB, uint8 HxW class ids
+with 255 = ignore). The transforms (torchvision) and the GPU path are imported on first use, so reading
+a dataset does not pay for importing torchvision.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from msseg_core.classes import CAMVID, CITYSCAPES, IGNORE_INDEX, KITTI_ROAD, ClassSet
+from msseg_core.data.datasets import (
+    DATASETS,
+    CamVidDataset,
+    CityscapesDataset,
+    DatasetError,
+    KittiRoadDataset,
+    SegmentationDataset,
+    build_dataset,
+)
+
+_LAZY = {
+    "TrainTransform": "msseg_core.data.transforms",
+    "EvalTransform": "msseg_core.data.transforms",
+    "GpuResidentData": "msseg_core.data.gpu",
+    "split_bytes": "msseg_core.data.gpu",
+    "write_fake_camvid": "msseg_core.data.fake",
+    "write_fake_cityscapes": "msseg_core.data.fake",
+    "write_fake_kitti_road": "msseg_core.data.fake",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CAMVID", "CITYSCAPES", "DATASETS", "IGNORE_INDEX", "KITTI_ROAD", "CamVidDataset", "CityscapesDataset",
+    "ClassSet", "DatasetError", "KittiRoadDataset", "SegmentationDataset", "build_dataset", *_LAZY,
+]

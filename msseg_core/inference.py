@@ -1,0 +1,608 @@
+"""Segmenter: the one inference path (preprocess -> network -> postprocess) that the ROS node and
+every CLI use, so their numbers agree by construction.
+
+Hot path, per frame (`segment`):
+- upload: the uint8 frame goes to the device once (CUDA: through a pinned host buffer reused while
+  the frame size is unchanged, non-blocking copy); on the CPU it is wrapped without a copy;
+- preprocess on the device: HWC uint8 -> resize to the network size (bilinear, antialiased when
+  shrinking) -> normalise into a reused float buffer in the layout the backend wants;
+- network: a backend from `backends.py` (PyTorch or ONNX Runtime, see `backend`);
+- postprocess on the device: logits upsampled to the frame size (reused buffer), one max-reduction
+  gives labels and the confidence's denominator, palette / road masks by table lookup, overlay blend;
+  on the CPU the same steps run as OpenCV kernels on contiguous class planes (2-6x faster than the
+  tensor ops there, same numbers; see postprocess.py);
+- download: only the requested uint8 outputs (CUDA: packed into one copy through a reused pinned
+  buffer). Returned arrays are never views of reused buffers: callers may keep them.
+
+Threads: `threads` (default: the usable cores) sets PyTorch's process-wide intra-op pool and ONNX
+Runtime's. On a CPU shared with other busy processes fewer threads can be much faster (OpenMP
+barriers stall when a worker thread is descheduled); measure with `msseg-bench segmenter --threads`.
+
+`backend='auto'` (the default) runs PyTorch on CUDA and, on the CPU at fp32, ONNX Runtime when it is
+measurably faster for this model at this input size (timed once at start-up, then cached with the
+exported ONNX file under `cache_dir()`; see BENCHMARKS.md for the measurements behind the rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msseg_core.backends import OrtBackend, TorchBackend, default_threads
+from msseg_core.checkpoint import CheckpointMeta, default_checkpoint, load_checkpoint
+from msseg_core.postprocess import (
+    argmax_planes,
+    blend,
+    confidence_from_max,
+    confidence_planes,
+    cv2_postprocess_ok,
+    lookup,
+    mask_lookup,
+    mask_lut,
+    palette_lookup,
+    upsample_planes,
+)
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+BACKENDS = ("auto", "torch", "onnxruntime")
+# 'auto' picks ONNX Runtime only when its median forward time is below this fraction of PyTorch's.
+AUTO_MARGIN = 0.9
+# Start-up timing budget of 'auto' (seconds, after one warm-up each): enough to see a 10% difference.
+AUTO_BUDGET_S = 6.0
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' picks CUDA when usable, else the CPU; 'cuda[:N]' must exist (clear error if not)."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} requested but CUDA is not available (use 'auto' or 'cpu')")
+        dev = torch.device(spec)
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+
+
+def check_image(rgb: np.ndarray) -> None:
+    """Reject anything that is not an H x W x 3 uint8 image with a message that says what it got."""
+    if not isinstance(rgb, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(rgb).__name__}")
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"empty image {rgb.shape}")
+
+
+def resize_u8(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """N x 3 x H x W uint8 -> N x 3 x h x w: bilinear (half-pixel centres), antialiased when shrinking.
+
+    CPU: PyTorch's uint8 kernel (vectorised on channels_last, PIL-exact), no float copy of the frame;
+    other devices resize in float. Returns float32 on CUDA, uint8 on the CPU; both normalise the same.
+    """
+    h, w = frames.shape[-2:]
+    if (h, w) == tuple(size):
+        return frames
+    antialias = h > size[0] or w > size[1]
+    x = frames if frames.device.type == "cpu" else frames.float()
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+
+class _Buffers:
+    """Tensors reused across frames of one (batch, height, width); the last few sizes are kept."""
+
+    def __init__(self, keep: int = 2):
+        self._keep = keep
+        self._sets: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def get(self, key: tuple, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device,
+            channels_last: bool = False, pin: bool = False) -> torch.Tensor:
+        bufs = self._sets.pop(key, None)
+        if bufs is None:
+            bufs = {}
+            while len(self._sets) >= self._keep:
+                self._sets.pop(next(iter(self._sets)))
+        self._sets[key] = bufs  # most recent last
+        t = bufs.get(name)
+        if t is None or t.shape != tuple(shape) or t.dtype != dtype:
+            t = torch.empty(tuple(shape), dtype=dtype, device=device, pin_memory=pin)
+            if channels_last:
+                t = t.contiguous(memory_format=torch.channels_last)
+            bufs[name] = t
+        return t
+
+
+class Segmenter:
+    """A trained network plus its metadata, ready to segment RGB frames.
+
+    Options (keyword-only, all with sensible defaults):
+      backend: 'auto' | 'torch' | 'onnxruntime' (see the module docstring).
+      threads: CPU intra-op threads for PyTorch and ONNX Runtime (default: the usable cores).
+      channels_last: NHWC memory for the PyTorch network (default on: faster with cuDNN and oneDNN).
+      fuse: fold BatchNorm into convolutions for the PyTorch backend (checked numerically).
+      compile: torch.compile the PyTorch network (slow first frames; worth it on GPUs).
+      cuda_graphs: capture the network in a CUDA graph per input shape (CUDA only; falls back with a
+        warning if capture fails).
+      onnx_path: an existing .onnx file for the ONNX Runtime backend instead of exporting one.
+      cache_dir: where on-the-fly ONNX exports and the 'auto' decision are cached.
+    """
+
+    def __init__(self, model: nn.Module | None, meta: CheckpointMeta, device: str = "auto",
+                 precision: str = "fp32", input_size: Sequence[int] | None = None, *, backend: str = "auto",
+                 threads: int | None = None, channels_last: bool | None = None, fuse: bool = True,
+                 compile: bool = False, cuda_graphs: bool = False, onnx_path: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
+        if model is None and onnx_path is None:
+            raise ValueError("Segmenter needs a model or an onnx_path")
+        self.meta = meta
+        self.precision = precision
+        self._autocast_dtype = PRECISIONS[precision]
+        size = tuple(int(v) for v in (input_size or ())) or tuple(meta.input_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"input size must be (height, width) > 0, got {size}")
+        self.input_size: tuple[int, int] = size  # type: ignore[assignment]
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = int(threads) if threads else default_threads()
+        if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # process-wide: PyTorch has one intra-op pool
+        self._cache_dir = Path(cache_dir) if cache_dir else None
+        self._options = dict(channels_last=channels_last, fuse=fuse, compile=compile, cuda_graphs=cuda_graphs)
+        self.model = model.eval() if model is not None else None
+        self.backend_timings: dict[str, float] = {}
+        self.net = self._make_backend(backend, onnx_path)
+        if isinstance(self.net, TorchBackend):
+            self.model = self.net.model  # the module that runs: hooks registered on it fire
+        self.backend = self.net.name
+        std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # x_norm = (u8 / 255 - mean) / std = u8 * scale + shift
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = -mean / std
+        self._palette = torch.tensor(meta.palette, dtype=torch.uint8, device=self.device)
+        self._palette256 = np.zeros((1, 256, 3), np.uint8)  # cv2.LUT table; ids >= num_classes never occur
+        self._palette256[0, :min(256, self.num_classes)] = self.palette[:256]
+        # CPU: full-resolution post-processing with OpenCV on class planes (see postprocess.py).
+        self._cv2_post = self.device.type == "cpu"
+        self._bufs = _Buffers()
+        self._lock = threading.Lock()  # the buffers are shared: one frame at a time
+        self._h2d_done: torch.cuda.Event | None = None
+        self.set_road_classes(meta.road_classes)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto",
+                        precision: str = "fp32", input_size: Sequence[int] | None = None,
+                        **options) -> Segmenter:
+        """Load a checkpoint ('' or None: the packaged default model) or a bare .onnx from msseg-export."""
+        path = Path(path) if path else default_checkpoint()
+        if path.suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device=device, precision=precision, input_size=input_size, **options)
+        model, meta = load_checkpoint(path, device="cpu")
+        return cls(model, meta, device=device, precision=precision, input_size=input_size, **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
+                  input_size: Sequence[int] | None = None, **options) -> Segmenter:
+        """An ONNX file written by msseg-export: metadata from its metadata_props, no checkpoint needed."""
+        from msseg_core.export import load_onnx_meta
+
+        meta = load_onnx_meta(path)
+        if input_size is not None and tuple(int(v) for v in input_size) != tuple(meta.input_size):
+            dynamic = json.loads(_onnx_prop(path, "dynamic") or "false")
+            if not dynamic:
+                raise ValueError(f"{path} was exported at {tuple(meta.input_size)}; it cannot run at "
+                                 f"{tuple(input_size)} (export again with --height/--width or --dynamic)")
+        options = {k: v for k, v in options.items() if k != "backend"}
+        return cls(None, meta, device=device, precision=precision, input_size=input_size,
+                   backend="onnxruntime", onnx_path=path, **options)
+
+    def _make_backend(self, backend: str, onnx_path: str | os.PathLike | None) -> TorchBackend | OrtBackend:
+        if backend == "torch" or (backend == "auto" and not self._auto_wants_ort(onnx_path)):
+            if self.model is None:
+                raise ValueError("backend 'torch' needs a PyTorch model (a checkpoint, not a bare .onnx)")
+            return self._torch_backend()
+        if self.precision == "bf16":
+            raise ValueError("backend onnxruntime runs fp32 (or an fp16 export); use backend torch for bf16")
+        try:
+            ort_net = self._ort_backend(onnx_path)
+        except Exception as exc:
+            if backend == "onnxruntime" or self.model is None:
+                raise
+            log.warning("ONNX Runtime backend unavailable (%s); using PyTorch", exc)
+            return self._torch_backend()
+        if backend == "onnxruntime":
+            return ort_net
+        return self._auto_choose(ort_net)
+
+    def _torch_backend(self, channels_last: bool | None = None) -> TorchBackend:
+        options = dict(self._options)
+        if channels_last is not None:
+            options["channels_last"] = channels_last
+        return TorchBackend(self.model, self.device, self.precision, self.input_size, **options)
+
+    def _auto_wants_ort(self, onnx_path) -> bool:
+        """'auto' considers ONNX Runtime only where it can win: CPU, fp32, onnxruntime installed."""
+        if self.model is None:
+            return True
+        if self.device.type != "cpu" or self.precision != "fp32" or self._options["compile"]:
+            return False
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _ort_backend(self, onnx_path: str | os.PathLike | None) -> OrtBackend:
+        from msseg_core.export import cache_dir, cached_onnx
+
+        cdir = self._cache_dir or cache_dir()
+        if onnx_path is None:
+            onnx_path = cached_onnx(self.model, self.meta, self.input_size, cdir,
+                                    fp16=self.precision == "fp16")
+        net = OrtBackend(onnx_path, self.device, threads=self.threads, precision=self.precision,
+                         cache_dir=cdir / "trt")
+        if net.input_size is not None and net.input_size != self.input_size:
+            raise ValueError(f"{onnx_path} takes {net.input_size} inputs, not {self.input_size}")
+        self.onnx_path = Path(onnx_path)
+        return net
+
+    def _auto_choose(self, ort_net: OrtBackend) -> TorchBackend | OrtBackend:
+        """Time the candidates on this model and size (once; the choice is cached with the export).
+
+        Candidates: ONNX Runtime, PyTorch channels_last and, unless channels_last was forced, PyTorch
+        NCHW (which layout oneDNN runs faster depends on the model: measured both ways, BENCHMARKS.md).
+        ONNX Runtime must beat the faster PyTorch variant by AUTO_MARGIN and reproduce its logits.
+        """
+        from msseg_core.export import cache_dir
+
+        key = {"rule": 2, "cpu": _cpu_name(), "threads": self.threads, "onnx": _file_id(self.onnx_path),
+               "torch": torch.__version__, "onnxruntime": _ort_version(), "options": repr(self._options)}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        choice_file = (self._cache_dir or cache_dir()) / f"{self.onnx_path.stem}.{digest}.choice.json"
+        variants = {"torch": None, "torch_nchw": False}  # name -> channels_last override
+        try:
+            cached = json.loads(choice_file.read_text())
+            if cached.get("key") == key and cached["backend"] in ("onnxruntime", *variants):
+                self.backend_timings = cached["timings"]
+                log.info("backend auto: %s (cached measurement %s)", cached["backend"], self.backend_timings)
+                if cached["backend"] == "onnxruntime":
+                    return ort_net
+                return self._torch_backend(variants[cached["backend"]])
+        except (OSError, ValueError, KeyError):
+            pass
+        nets: dict = {"torch": self._torch_backend()}
+        if self._options["channels_last"] is None and nets["torch"].channels_last:
+            nets["torch_nchw"] = self._torch_backend(channels_last=False)
+        nets["onnxruntime"] = ort_net
+        x = torch.randn(1, 3, *self.input_size, generator=torch.Generator().manual_seed(0))
+        times, outs = _race(nets, x, AUTO_BUDGET_S)
+        self.backend_timings = {k: round(v * 1e3, 3) for k, v in times.items()}
+        best_torch = min((k for k in nets if k != "onnxruntime"), key=times.__getitem__)
+        winner = "onnxruntime" if times["onnxruntime"] < AUTO_MARGIN * times[best_torch] else best_torch
+        ref, got = outs["torch"], outs["onnxruntime"]
+        scale = max(1.0, ref.abs().max().item())
+        if ref.shape != got.shape or (ref - got).abs().max().item() > 1e-3 * scale:
+            log.warning("backend auto: the ONNX export's logits differ from PyTorch's; using PyTorch")
+            winner = best_torch
+        log.info("backend auto: %s (median forward ms %s)", winner, self.backend_timings)
+        try:
+            choice_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = choice_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "backend": winner, "timings": self.backend_timings}))
+            os.replace(tmp, choice_file)
+        except OSError:
+            pass
+        return nets[winner]
+
+    # -- what the ids mean -------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.num_classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        """C x 3 uint8 colours, row i for class id i."""
+        return np.asarray(self.meta.palette, dtype=np.uint8)
+
+    def set_road_classes(self, names: Iterable[str]) -> None:
+        """Choose which classes form the road mask; unknown names are an error, nothing changes."""
+        names = list(names)
+        unknown = [n for n in names if n not in self.meta.class_names]
+        if unknown:
+            raise ValueError(f"unknown road classes {unknown}; classes are {self.meta.class_names}")
+        ids = torch.tensor([self.meta.class_names.index(n) for n in names], dtype=torch.long, device=self.device)
+        self.road_classes = names
+        self._road_ids = ids
+        self._road_lut = mask_lut(ids, self.num_classes)
+        self._road_lut_np = self._road_lut[:256].cpu().numpy()
+
+    def describe(self) -> dict:
+        """What runs: backend, providers, precision, threads, options (for logs and benchmarks)."""
+        info = {"model": self.meta.model, "backend": self.backend, "device": str(self.device),
+                "precision": self.precision, "input_size": list(self.input_size), "threads": self.threads}
+        if isinstance(self.net, OrtBackend):
+            info["providers"] = self.net.active_providers
+        else:
+            info.update(self._options, channels_last=self.net.channels_last, bn_folded=self.net.folded)
+        if self.backend_timings:
+            info["auto_timings_ms"] = self.backend_timings
+        return info
+
+    # -- device-side stages ------------------------------------------------------------------
+    def _upload(self, images: np.ndarray, key: tuple) -> torch.Tensor:
+        """N x H x W x 3 uint8 host -> the same on the device; CPU: a view, no copy."""
+        images = np.ascontiguousarray(images)
+        if self.device.type == "cpu":
+            return torch.from_numpy(images)
+        pinned = self._bufs.get(key, "pinned_in", images.shape, torch.uint8, torch.device("cpu"), pin=True)
+        if self._h2d_done is not None:
+            self._h2d_done.synchronize()  # the previous frame's copy has left the pinned buffer
+        pinned.numpy()[...] = images
+        dev = self._bufs.get(key, "frame", images.shape, torch.uint8, self.device)
+        dev.copy_(pinned, non_blocking=True)
+        self._h2d_done = torch.cuda.Event()
+        self._h2d_done.record()
+        return dev
+
+    def _preprocess(self, frames: torch.Tensor, key: tuple | None) -> torch.Tensor:
+        """N x H x W x 3 uint8 on the device -> N x 3 x h x w normalised float32 network input."""
+        x = resize_u8(frames.permute(0, 3, 1, 2), self.input_size)  # permute: a channels_last view
+        shape = (x.shape[0], 3, *self.input_size)
+        want_cl = isinstance(self.net, TorchBackend) and self.net.channels_last
+        if key is None:
+            out = torch.empty(shape, dtype=torch.float32, device=self.device)
+            if want_cl:
+                out = out.contiguous(memory_format=torch.channels_last)
+        else:
+            out = self._bufs.get(key, "net_in", shape, torch.float32, self.device, channels_last=want_cl)
+        return torch.mul(x, self._scale, out=out).add_(self._shift)
+
+    def _network(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if out.shape[1] != self.num_classes:
+            raise RuntimeError(f"the network returned {out.shape[1]} classes, the metadata lists {self.num_classes}")
+        return out if out.dtype == torch.float32 else out.float()
+
+    def _upsample(self, logits: torch.Tensor, size: tuple[int, int], key: tuple | None) -> torch.Tensor:
+        """Logits to the frame's size (bilinear); into a reused buffer on the hot path."""
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        if key is None:
+            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        out = self._bufs.get(key, "logits_up", (logits.shape[0], logits.shape[1], *size), torch.float32,
+                             self.device)
+        return torch.ops.aten.upsample_bilinear2d.out(logits, list(size), False, None, None, out=out)
+
+    @torch.inference_mode()
+    def logits_from_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """N x H x W x 3 uint8 on the device -> N x C x H x W float32 logits at the same H, W."""
+        h, w = batch.shape[1:3]
+        with self._lock:
+            logits = self._network(self._preprocess(batch.to(self.device), None))
+            out = self._upsample(logits, (h, w), None)
+            return out.clone() if out is logits else out  # never hand out a backend's reused buffer
+
+    def _forward(self, images: np.ndarray, wanted: set[str], overlay_alpha: float = 0.5) -> dict[str, torch.Tensor]:
+        """N frames of one size -> requested outputs as N x ... uint8 tensors on the device (fresh)."""
+        n, h, w, _ = images.shape
+        key = (n, h, w)
+        frames = self._upload(images, key)
+        logits = self._network(self._preprocess(frames, key))
+        if self._cv2_post and cv2_postprocess_ok(self.num_classes, h, w):
+            return self._postprocess_cv2(frames, logits, wanted, overlay_alpha, key)
+        up = self._upsample(logits, (h, w), key)
+        result: dict[str, torch.Tensor] = {}
+        values = self._bufs.get(key, "max", (n, h, w), torch.float32, self.device)
+        idx = self._bufs.get(key, "argmax", (n, h, w), torch.long, self.device)
+        torch.max(up, 1, out=(values, idx))  # one pass: labels and, for confidence, the max logit
+        if "confidence" in wanted:
+            result["confidence"] = confidence_from_max(up, values)  # consumes `up` in place
+        if "labels" in wanted:
+            result["labels"] = idx.to(torch.uint8)
+        if wanted & {"color_mask", "overlay"}:
+            color = lookup(idx, self._palette)
+            if "color_mask" in wanted:
+                result["color_mask"] = color
+            if "overlay" in wanted:
+                result["overlay"] = blend(frames, color, overlay_alpha)
+        if "road_mask" in wanted:
+            result["road_mask"] = lookup(idx, self._road_lut)
+        return result
+
+    def _postprocess_cv2(self, frames: torch.Tensor, logits: torch.Tensor, wanted: set[str], overlay_alpha: float,
+                         key: tuple) -> dict[str, torch.Tensor]:
+        """The CPU twin of `_forward`'s tail: same outputs, OpenCV kernels on contiguous class planes."""
+        import cv2
+
+        n, h, w, _ = frames.shape
+        lg = logits.contiguous().numpy()  # N x C x h x w (channels_last network outputs: a small copy)
+        same_size = lg.shape[-2:] == (h, w)
+        planes_buf = None if same_size else self._bufs.get(key, "planes", (self.num_classes, h, w), torch.float32,
+                                                           self.device).numpy()
+        best, acc, tmp = (self._bufs.get(key, name, (h, w), torch.float32, self.device).numpy()
+                          for name in ("best", "acc", "tmp"))
+        per_frame: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
+        for i in range(n):
+            planes = lg[i] if same_size else upsample_planes(lg[i], planes_buf)
+            labels = argmax_planes(planes, best)  # a fresh array: it may be returned
+            if "confidence" in wanted:
+                per_frame["confidence"].append(confidence_planes(planes, best, acc, tmp))
+            if "labels" in wanted:
+                per_frame["labels"].append(labels)
+            if wanted & {"color_mask", "overlay"}:
+                color = palette_lookup(labels, self._palette256)
+                if "color_mask" in wanted:
+                    per_frame["color_mask"].append(color)
+                if "overlay" in wanted:
+                    a = float(overlay_alpha)
+                    per_frame["overlay"].append(cv2.addWeighted(frames[i].numpy(), 1.0 - a, color, a, 0.0))
+            if "road_mask" in wanted:
+                per_frame["road_mask"].append(mask_lookup(labels, self._road_lut_np))
+        return {k: torch.from_numpy(v[0][None] if n == 1 else np.stack(v)) for k, v in per_frame.items()}
+
+    def _download(self, result: dict[str, torch.Tensor], key: tuple) -> dict[str, np.ndarray]:
+        """Device outputs -> fresh host arrays; CUDA: one packed copy through a reused pinned buffer."""
+        if self.device.type == "cpu" or not result:
+            return {k: v.numpy() for k, v in result.items()}
+        total = sum(v.numel() for v in result.values())
+        staging = self._bufs.get(key, "pinned_out", (total,), torch.uint8, torch.device("cpu"), pin=True)
+        return download_packed(result, staging)
+
+    def _check_outputs(self, outputs: Iterable[str]) -> set[str]:
+        wanted = set(outputs)
+        unknown = wanted - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; known: {OUTPUTS}")
+        return wanted
+
+    # -- public per-frame API ----------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, rgb: np.ndarray) -> np.ndarray:
+        """C x H x W float32 class probabilities at the image's resolution."""
+        check_image(rgb)
+        frames = torch.from_numpy(np.ascontiguousarray(rgb[None]))
+        logits = self.logits_from_tensor(frames)
+        return torch.softmax(logits[0], dim=0).cpu().numpy()
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> H x W uint8 class ids."""
+        return self.segment(rgb, ("labels",))["labels"]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several frames at once; frames of equal size share one forward pass."""
+        return [r["labels"] for r in self.segment_batch(images, ("labels",))]
+
+    @torch.inference_mode()
+    def segment(self, rgb: np.ndarray, outputs: Iterable[str] = OUTPUTS,
+                overlay_alpha: float = 0.5) -> dict[str, np.ndarray]:
+        """Compute only the requested outputs (see OUTPUTS), all at the image's resolution.
+
+        labels: H x W uint8 ids; color_mask / overlay: H x W x 3 uint8; confidence: H x W uint8
+        (max probability x 255); road_mask: H x W uint8, 255 = road.
+        """
+        check_image(rgb)
+        wanted = self._check_outputs(outputs)
+        with self._lock:
+            result = self._forward(rgb[None], wanted, overlay_alpha)
+            host = self._download(result, (1, *rgb.shape[:2]))
+        return {k: v[0] for k, v in host.items()}
+
+    @torch.inference_mode()
+    def segment_batch(self, images: Sequence[np.ndarray], outputs: Iterable[str] = OUTPUTS,
+                      overlay_alpha: float = 0.5) -> list[dict[str, np.ndarray]]:
+        """`segment` for several frames; frames of equal size share one forward pass."""
+        for im in images:
+            check_image(im)
+        wanted = self._check_outputs(outputs)
+        out: list[dict[str, np.ndarray] | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            by_size.setdefault(im.shape[:2], []).append(i)
+        for (h, w), idx in by_size.items():
+            with self._lock:
+                result = self._forward(np.stack([images[i] for i in idx]), wanted, overlay_alpha)
+                host = self._download(result, (len(idx), h, w))
+            for j, i in enumerate(idx):
+                out[i] = {k: v[j] for k, v in host.items()}
+        return out  # type: ignore[return-value]
+
+
+def download_packed(result: dict[str, torch.Tensor], staging: torch.Tensor) -> dict[str, np.ndarray]:
+    """uint8 device tensors -> fresh host arrays with one device-to-host copy: packed on the device,
+    copied (non-blocking) into the host `staging` buffer (pinned on CUDA, reused), then split."""
+    names = list(result)
+    flat = torch.cat([result[k].reshape(-1) for k in names])
+    staging.copy_(flat, non_blocking=True)
+    if flat.device.type == "cuda":
+        torch.cuda.current_stream(flat.device).synchronize()
+    host = staging.numpy()
+    out, start = {}, 0
+    for k in names:
+        size = result[k].numel()
+        out[k] = host[start:start + size].reshape(result[k].shape).copy()  # the staging buffer is reused
+        start += size
+    return out
+
+
+def _race(nets: dict, x: torch.Tensor, budget_s: float) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Median forward time of each backend (one warm-up each, then interleaved rounds within a
+    budget) and each one's output for `x` (to check they agree)."""
+    samples: dict[str, list[float]] = {k: [] for k in nets}
+    outs: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for k, net in nets.items():
+            outs[k] = net(x).float().clone()
+        start = time.perf_counter()
+        for rounds in range(1, 8):
+            for k, net in nets.items():
+                t0 = time.perf_counter()
+                net(x)
+                samples[k].append(time.perf_counter() - t0)
+            if rounds >= 3 and time.perf_counter() - start > budget_s:
+                break
+    return {k: float(np.median(v)) for k, v in samples.items()}, outs
+
+
+def _ort_version() -> str:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return ""
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _file_id(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _onnx_prop(path: str | os.PathLike, key: str) -> str | None:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in proto.metadata_props if p.key == key), None)

@@ -1,0 +1,313 @@
+"""ROS glue for the road grid: CameraInfo + mounting parameters -> GroundGridLookup -> OccupancyGrid.
+
+The projection maths lives in `msseg_core.geometry` and the mask clean-up in `msseg_core.road`; this
+module only turns messages and parameters into their inputs and the result into a
+nav_msgs/OccupancyGrid. The lookup is rebuilt only when the camera model, the mask size or a
+geometry parameter changes, so each frame costs one gather.
+
+Wiring into a node (parameters are run-time changeable; see docs/planners.md)::
+
+    self.road_grid = RoadGridBuilder(**declare_road_grid_parameters(self))
+    self.road_grid_pub = self.create_publisher(OccupancyGrid, ROAD_GRID_TOPIC, qos)
+    # camera_info callback:    self.road_grid.update_camera_info(msg)
+    # validate callback:       reason = self.road_grid.check_params(**road_updates)
+    # post-set callback:       self.road_grid.set_params(**road_updates)
+    #   (road_updates = {p.name: p.value for p in params if p.name in ROAD_GRID_DEFAULTS})
+    # per frame, when road_grid has subscribers: compute road_mask (+ confidence when
+    # road_min_confidence > 0), then
+    #   grid = self.road_grid.build(result["road_mask"], msg.header, result.get("confidence"))
+    #   if grid is not None: self.road_grid_pub.publish(grid)
+"""
+
+from __future__ import annotations
+
+import array
+import threading
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+from nav_msgs.msg import OccupancyGrid
+from std_msgs.msg import Header
+
+from msseg_core.geometry import CameraPose, GroundGridLookup, intrinsics_matrix
+from msseg_core.road import refine_road_mask
+
+ROAD_GRID_TOPIC = "road_grid"
+
+
+@dataclass(frozen=True)
+class RoadGridParams:
+    """Node parameters of the road output; names are the ROS parameter names."""
+
+    road_min_confidence: float = 0.0
+    road_cleanup_kernel: int = 5
+    road_ego_only: bool = False
+    camera_x: float = 0.0
+    camera_y: float = 0.0
+    camera_height: float = 1.5
+    camera_roll: float = 0.0
+    camera_pitch: float = 0.0
+    camera_yaw: float = 0.0
+    grid_frame: str = "base_link"
+    grid_resolution: float = 0.2
+    grid_length: float = 30.0
+    grid_width: float = 20.0
+    grid_max_range: float = 30.0
+
+    def check(self) -> str | None:
+        """A message saying what is wrong, or None when the values are usable."""
+        if not 0.0 <= self.road_min_confidence <= 1.0:
+            return f"road_min_confidence must be in [0, 1], got {self.road_min_confidence}"
+        if self.road_cleanup_kernel < 0 or self.road_cleanup_kernel > 101:
+            return f"road_cleanup_kernel must be 0 (off) .. 101 pixels, got {self.road_cleanup_kernel}"
+        if not self.grid_frame:
+            return "grid_frame must not be empty"
+        for name in ("grid_resolution", "grid_length", "grid_width", "grid_max_range"):
+            if not getattr(self, name) > 0:
+                return f"{name} must be > 0, got {getattr(self, name)}"
+        cells = (self.grid_length / self.grid_resolution) * (self.grid_width / self.grid_resolution)
+        if cells > 25_000_000:
+            return f"grid of {cells:.0f} cells is too large; raise grid_resolution or shrink the grid"
+        if not -np.pi / 2 < self.camera_pitch < np.pi / 2 or not -np.pi / 2 < self.camera_roll < np.pi / 2:
+            return "camera_pitch and camera_roll must be within (-pi/2, pi/2) radians"
+        return None
+
+    @property
+    def pose(self) -> CameraPose:
+        return CameraPose(x=self.camera_x, y=self.camera_y, height=self.camera_height, roll=self.camera_roll,
+                          pitch=self.camera_pitch, yaw=self.camera_yaw)
+
+
+ROAD_GRID_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RoadGridParams)}
+
+ROAD_GRID_DESCRIPTIONS: dict[str, str] = {
+    "road_min_confidence": "road pixels also need this summed road probability (0 = argmax only)",
+    "road_cleanup_kernel": "morphological close+open kernel in pixels for the road grid input (0 = off)",
+    "road_ego_only": "keep only the road connected to the bottom centre of the image",
+    "camera_x": "camera position ahead of grid_frame origin [m] (REP-103: x forward)",
+    "camera_y": "camera position left of grid_frame origin [m]",
+    "camera_height": "camera height above the ground plane [m]",
+    "camera_roll": "camera roll [rad], positive = left side up",
+    "camera_pitch": "camera pitch [rad], positive = looking down",
+    "camera_yaw": "camera yaw [rad], positive = looking left",
+    "grid_frame": "frame_id of road_grid: the ground-level base frame the camera pose is given in",
+    "grid_resolution": "road_grid cell size [m]",
+    "grid_length": "road_grid extent ahead of grid_frame [m]",
+    "grid_width": "road_grid lateral extent, centred on grid_frame [m]",
+    "grid_max_range": "cells farther than this from the camera are unknown [m]",
+}
+
+_GEOMETRY_KEYS = {"camera_x", "camera_y", "camera_height", "camera_roll", "camera_pitch", "camera_yaw",
+                  "grid_resolution", "grid_length", "grid_width", "grid_max_range"}
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """The parts of a CameraInfo the projection needs, at the published image's resolution."""
+
+    K: tuple[float, ...]
+    size: tuple[int, int]  # (height, width)
+    dist: tuple[float, ...] = ()
+
+    def scaled_to(self, size: tuple[int, int]) -> CameraModel:
+        """The same camera for masks of another resolution (pixel-centre convention preserved)."""
+        if size == self.size:
+            return self
+        sy, sx = size[0] / self.size[0], size[1] / self.size[1]
+        fx, _, cx, _, fy, cy = self.K[:6]
+        k = (fx * sx, 0.0, (cx + 0.5) * sx - 0.5, 0.0, fy * sy, (cy + 0.5) * sy - 0.5, 0.0, 0.0, 1.0)
+        return CameraModel(K=k, size=size, dist=self.dist)
+
+
+def camera_model_from_info(msg: Any) -> CameraModel:
+    """sensor_msgs/CameraInfo -> CameraModel; honours binning and ROI (image_pipeline conventions).
+
+    Raises ValueError for an uncalibrated camera (K all zeros) or a zero image size."""
+    k = intrinsics_matrix(list(msg.k))
+    width, height = int(msg.width), int(msg.height)
+    roi = msg.roi
+    bx, by = max(1, int(msg.binning_x)), max(1, int(msg.binning_y))
+    if roi.width and roi.height:
+        width, height = int(roi.width), int(roi.height)
+        k = k.copy()
+        k[0, 2] -= roi.x_offset
+        k[1, 2] -= roi.y_offset
+    if bx > 1 or by > 1:
+        # Binned pixel u_b covers full-resolution pixels b*u_b .. b*u_b + b - 1 (centres at integers).
+        k = k.copy()
+        k[0, 0], k[0, 1], k[0, 2] = k[0, 0] / bx, k[0, 1] / bx, (k[0, 2] + 0.5) / bx - 0.5
+        k[1, 1], k[1, 2] = k[1, 1] / by, (k[1, 2] + 0.5) / by - 0.5
+        width, height = width // bx, height // by
+    if width < 1 or height < 1:
+        raise ValueError(f"CameraInfo has no image size ({msg.width} x {msg.height})")
+    dist = tuple(float(d) for d in msg.d) if msg.distortion_model in ("plumb_bob", "rational_polynomial") else ()
+    return CameraModel(K=tuple(float(v) for v in k.reshape(-1)), size=(height, width), dist=dist)
+
+
+class RoadGridBuilder:
+    """Turns road masks into OccupancyGrids; owns the lookup and rebuilds it only when needed.
+
+    Thread-safe: parameters and CameraInfo may change (executor threads) while a worker builds grids."""
+
+    def __init__(self, **params: Any):
+        self._lock = threading.Lock()
+        self.params = RoadGridParams()
+        self.camera: CameraModel | None = None
+        self.camera_error: str | None = "no CameraInfo received yet"
+        self.lookup: GroundGridLookup | None = None
+        self.lookup_builds = 0
+        if params:
+            self.set_params(**params)
+
+    # -- inputs ----------------------------------------------------------------------------
+    def check_params(self, **params: Any) -> str | None:
+        """Validate a (partial) update against the current values without applying it: for a node's
+        set-parameters callback. Returns the reason it is refused, or None."""
+        unknown = set(params) - set(ROAD_GRID_DEFAULTS)
+        if unknown:
+            return f"unknown road grid parameters {sorted(unknown)}"
+        try:
+            candidate = replace(self.params, **_coerce(params))
+        except (TypeError, ValueError) as exc:
+            return str(exc)
+        return candidate.check()
+
+    def set_params(self, **params: Any) -> bool:
+        """Apply a (partial) update; returns True if the lookup must be rebuilt. ValueError if invalid."""
+        unknown = set(params) - set(ROAD_GRID_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown road grid parameters {sorted(unknown)}")
+        with self._lock:
+            new = replace(self.params, **_coerce(params))
+            error = new.check()
+            if error:
+                raise ValueError(error)
+            geometry_changed = any(getattr(new, k) != getattr(self.params, k) for k in _GEOMETRY_KEYS)
+            self.params = new
+            if geometry_changed:
+                self.lookup = None
+            return geometry_changed
+
+    def update_camera_info(self, msg: Any) -> bool:
+        """Take a CameraInfo; returns True when the camera model changed (the lookup is then rebuilt
+        lazily on the next frame). An uncalibrated CameraInfo disables the grid, with a reason in
+        `camera_error`."""
+        try:
+            camera = camera_model_from_info(msg)
+        except ValueError as exc:
+            with self._lock:
+                changed = self.camera is not None or self.camera_error != str(exc)
+                self.camera, self.lookup, self.camera_error = None, None, str(exc)
+            return changed
+        with self._lock:
+            if camera == self.camera:
+                return False
+            self.camera, self.lookup, self.camera_error = camera, None, None
+            return True
+
+    @property
+    def ready(self) -> bool:
+        """Whether a usable CameraInfo has arrived."""
+        return self.camera is not None
+
+    # -- per frame -------------------------------------------------------------------------
+    def refine(self, road_mask: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
+        """Confidence threshold, clean-up and ego component as the parameters say (255 = road)."""
+        return _refine(self.params, road_mask, confidence)
+
+    def _snapshot(self, size: tuple[int, int]) -> tuple[GroundGridLookup | None, RoadGridParams]:
+        """The lookup for masks of this size (built if needed) and the parameters it was built with."""
+        with self._lock:
+            if self.camera is None:
+                return None, self.params
+            if self.lookup is None or self.lookup.image_size != size:
+                cam = self.camera.scaled_to(size)
+                p = self.params
+                self.lookup = GroundGridLookup(cam.K, size, p.pose, resolution=p.grid_resolution,
+                                               length=p.grid_length, width=p.grid_width, max_range=p.grid_max_range,
+                                               dist=cam.dist or None)
+                self.lookup_builds += 1
+            return self.lookup, self.params
+
+    def grid(self, road_mask: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray | None:
+        """rows x cols int8 grid (0 road, 100 not road, -1 unknown), or None before a CameraInfo."""
+        result = self._grid(road_mask, confidence)
+        return None if result is None else result[0]
+
+    def _grid(self, road_mask: np.ndarray, confidence: np.ndarray | None, refined: bool = False
+              ) -> tuple[np.ndarray, GroundGridLookup, RoadGridParams] | None:
+        mask = np.asarray(road_mask)
+        lookup, params = self._snapshot(mask.shape[:2])
+        if lookup is None:
+            return None
+        return lookup.apply(mask if refined else _refine(params, mask, confidence)), lookup, params
+
+    def build(self, road_mask: np.ndarray, header: Header, confidence: np.ndarray | None = None,
+              refined: bool = False) -> OccupancyGrid | None:
+        """The OccupancyGrid for one frame: the image's stamp, frame `grid_frame`; None before a
+        usable CameraInfo. `confidence` (the node's uint8 output) is needed when road_min_confidence > 0;
+        `refined=True` says `road_mask` already went through `refine` (the node publishes that mask too)."""
+        result = self._grid(road_mask, confidence, refined)
+        if result is None:
+            return None
+        cells, lookup, params = result
+        return grid_message(cells, lookup, header, params.grid_frame)
+
+
+def _refine(p: RoadGridParams, road_mask: np.ndarray, confidence: np.ndarray | None) -> np.ndarray:
+    return refine_road_mask(road_mask, kernel_size=p.road_cleanup_kernel, ego_only=p.road_ego_only,
+                            confidence=confidence if p.road_min_confidence > 0 else None,
+                            min_confidence=p.road_min_confidence)
+
+
+def grid_message(cells: np.ndarray, lookup: GroundGridLookup, header: Header, frame_id: str) -> OccupancyGrid:
+    """Wrap a grid computed by `lookup` in an OccupancyGrid with the image's stamp."""
+    if cells.shape != lookup.shape:
+        raise ValueError(f"grid {cells.shape} does not have the lookup's shape {lookup.shape}")
+    msg = OccupancyGrid()
+    msg.header.stamp = header.stamp
+    msg.header.frame_id = frame_id
+    msg.info.map_load_time = header.stamp
+    msg.info.resolution = float(lookup.resolution)
+    msg.info.height, msg.info.width = lookup.shape
+    msg.info.origin.position.x, msg.info.origin.position.y, msg.info.origin.position.z = lookup.origin
+    msg.info.origin.orientation.w = 1.0
+    msg.data = array.array("b", np.ascontiguousarray(cells, dtype=np.int8).tobytes())
+    return msg
+
+
+def _coerce(params: dict[str, Any]) -> dict[str, Any]:
+    """ROS parameters arrive as int where a float is declared (e.g. `camera_pitch: 0`): fix types."""
+    out = {}
+    for name, value in params.items():
+        default = ROAD_GRID_DEFAULTS[name]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            value = int(value)
+        elif isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str):
+            value = str(value)
+        out[name] = value
+    return out
+
+
+def declare_road_grid_parameters(node: Any) -> dict[str, Any]:
+    """Declare every road grid parameter on `node` (with descriptions) and return their values."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    values = {}
+    for name, default in ROAD_GRID_DEFAULTS.items():
+        descriptor = ParameterDescriptor(description=ROAD_GRID_DESCRIPTIONS[name])
+        if isinstance(default, float):
+            descriptor.dynamic_typing = True  # accept `camera_pitch: 0` from YAML as well as 0.0
+        node.declare_parameter(name, default, descriptor)
+        values[name] = node.get_parameter(name).value
+    return values

@@ -1,0 +1,42 @@
+"""ament_python build of msseg_ros: the ROS node package and the ROS-free msseg_core library."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "msseg_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["msseg_core", "msseg_core.*", "msseg_ros", "msseg_ros.*"]),
+    package_data={"msseg_core": ["weights/*.safetensors", "weights/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="msseg maintainers",
+    maintainer_email="maintainers@msseg.dev",
+    description="Semantic segmentation of driving scenes for ROS 2",
+    license="MIT",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "segmentation_node = msseg_ros.segmentation_node:main",
+            "synthetic_camera = msseg_ros.synthetic_camera:main",
+            "evaluator_node = msseg_ros.evaluator_node:main",
+            "msseg-demo = msseg_ros.demo:main",
+            "msseg-bag = msseg_ros.bag:main",
+            "msseg-train = msseg_core.train:main",
+            "msseg-eval = msseg_core.evaluate:main",
+            "msseg-predict = msseg_core.predict:main",
+            "msseg-export = msseg_core.export:main",
+            "msseg-bench = msseg_core.bench:main",
+        ],
+    },
+)

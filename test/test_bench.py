@@ -1,0 +1,100 @@
+"""msseg-bench runs end to end on tiny configurations and writes the documented JSON and Markdown.
+
+No timing is asserted: these machines are shared. The figures come from the commands in BENCHMARKS.md.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from msseg_core import bench
+from msseg_core.checkpoint import load_checkpoint
+from msseg_core.inference import OUTPUTS, Segmenter
+
+LATENCY_KEYS = {"p50", "p99", "mean", "min"}
+
+
+def test_model_bench_writes_valid_json_and_markdown(tmp_path):
+    out_json, out_md = tmp_path / "model.json", tmp_path / "model.md"
+    status = bench.main(["model", "--models", "mssanet", "--model-args", '{"width": 0.0625}', "--sizes", "48x64",
+                         "--precision", "fp32,fp16", "--modes", "naive,eager,onnxruntime", "--batch", "1,2",
+                         "--iters", "2", "--warmup", "1", "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
+                         "--json", str(out_json), "--md", str(out_md)])
+    assert status == 0
+    report = json.loads(out_json.read_text())
+    assert report["kind"] == "model" and {"torch", "device", "threads", "cpu", "time"} <= set(report["env"])
+    rows = report["results"]
+    assert len(rows) == 2 * 3 * 2  # precisions x modes x batches
+    for r in rows:
+        assert {"model", "params", "gflops_360x480", "size", "precision", "mode", "batch"} <= set(r)
+        assert r["model"] == "mssanet" and r["size"] == [48, 64] and r["params"] > 0 and r["gflops_360x480"] > 0
+        if r["precision"] == "fp16" and report["env"]["device"] == "cpu":
+            assert r["error"].startswith("skipped")
+            continue
+        assert "error" not in r, r
+        assert r["iters"] == 2 and set(r["latency_ms"]) == LATENCY_KEYS
+        assert r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
+        assert ("fps" in r) == (r["batch"] == 1) and ("throughput_ips" in r) == (r["batch"] > 1)
+    md = out_md.read_text().splitlines()
+    table = [line for line in md if line.startswith("| mssanet")]
+    assert len(table) == len(rows) and md[3].startswith("| model | params")
+
+
+def test_segmenter_bench_compares_backends_on_the_same_frames(tiny_checkpoint, tmp_path):
+    status = bench.main(["segmenter", "--checkpoint", str(tiny_checkpoint), "--sizes", "48x64,60x90",
+                         "--backends", "naive,torch,onnxruntime", "--iters", "2", "--warmup", "1", "--frames", "2",
+                         "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path)])
+    assert status == 0
+    report = json.loads((tmp_path / "segmenter.json").read_text())
+    rows = report["results"]
+    assert [(r["backend"], r["frame_size"]) for r in rows] == [
+        (b, s) for s in ([48, 64], [60, 90]) for b in ("naive", "torch", "onnxruntime")]
+    for r in rows:
+        assert "error" not in r, r
+        assert set(r["latency_ms"]) == LATENCY_KEYS and r["fps"] > 0 and r["speedup_vs_naive"] > 0
+        assert r["labels_agreement_vs_first"] >= 0.99 and r["outputs"] == list(OUTPUTS)
+    assert rows[2]["describe"]["backend"] == "onnxruntime"
+    assert (tmp_path / "segmenter.md").read_text().count("| onnxruntime |") == 2
+
+
+def test_naive_reference_agrees_with_the_segmenter(tiny_checkpoint):
+    model, meta = load_checkpoint(tiny_checkpoint)
+    naive = bench.NaiveSegmenter(model, meta, device="cpu")
+    seg = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch", threads=1)
+    for rgb in bench.synthetic_frames(2, 70, 90):
+        a, b = naive.segment(rgb), seg.segment(rgb)
+        assert set(a) == set(b) == set(OUTPUTS)
+        same = a["labels"] == b["labels"]
+        assert same.mean() >= 0.99
+        for key in OUTPUTS:
+            assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype == np.uint8, key
+        assert np.abs(a["overlay"].astype(int) - b["overlay"])[same].max() <= 1
+        assert np.abs(a["confidence"].astype(int) - b["confidence"])[same].max() <= 2
+        np.testing.assert_array_equal(a["road_mask"][same], b["road_mask"][same])
+
+
+def test_timing_helpers_and_argument_errors():
+    calls = []
+    stats = bench.time_calls(lambda: calls.append(1), warmup=2, iters=5, max_seconds=60)
+    assert len(calls) == 2 + 5 and stats["iters"] == 5 and set(stats["latency_ms"]) == LATENCY_KEYS
+    assert bench._sizes("360x480, 720X960") == [(360, 480), (720, 960)]
+    for bad in ("360", "0x10", ""):
+        with pytest.raises(SystemExit):
+            bench._sizes(bad)
+    with pytest.raises(SystemExit, match="unknown models"):
+        bench.main(["model", "--models", "resnet9000", "--iters", "1"])
+
+
+def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint, tmp_path):
+    pytest.importorskip("rclpy")
+    pytest.importorskip("msseg_ros.segmentation_node")
+    status = bench.main(["node", "--checkpoint", str(tiny_checkpoint), "--sizes", "48x64", "--frames", "3",
+                         "--warmup", "1", "--threads", "1", "--timeout", "30", "--startup-timeout", "120",
+                         "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "node.json")])
+    report = json.loads((tmp_path / "node.json").read_text())
+    row = report["results"][0]
+    assert status == 0 and "error" not in row, (row, report.get("node_log"))
+    assert row["frames"] == 3 and row["frame_size"] == [48, 64]
+    assert set(row["node_latency_ms"]) == set(row["bare_latency_ms"]) == LATENCY_KEYS
+    assert row["node_latency_ms"]["p50"] > 0 and isinstance(row["overhead_ratio"], float)

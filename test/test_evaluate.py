@@ -1,0 +1,122 @@
+"""msseg-eval: the report's keys and numbers, void pixels, batching, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msseg_core.classes import CAMVID, IGNORE_INDEX, KITTI_ROAD
+from msseg_core.evaluate import REPORT_KEYS, evaluate_split, main
+from msseg_core.inference import Segmenter
+
+
+@pytest.fixture(scope="module")
+def camvid_root(tmp_path_factory) -> Path:
+    from msseg_core.data.fake import write_fake_camvid
+
+    return write_fake_camvid(tmp_path_factory.mktemp("camvid"), "val", n=4, size=(32, 48), seed=1)
+
+
+@pytest.fixture
+def segmenter(tiny_checkpoint) -> Segmenter:
+    return Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch", threads=1)
+
+
+class ListDataset:
+    """(image, mask) pairs in memory, with the ClassSet the loaders carry."""
+
+    def __init__(self, items, classes=CAMVID):
+        self.items, self.classes = items, classes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def hand_miou(preds, masks, n: int) -> tuple[float, np.ndarray]:
+    """mIoU with plain numpy: per class |pred & true| / |pred | true| over labelled pixels."""
+    p = np.concatenate([x.ravel() for x in preds]).astype(np.int64)
+    t = np.concatenate([x.ravel() for x in masks]).astype(np.int64)
+    keep = t != IGNORE_INDEX
+    p, t = p[keep], t[keep]
+    ious = []
+    for c in range(n):
+        union = np.sum((p == c) | (t == c))
+        if union:
+            ious.append(np.sum((p == c) & (t == c)) / union)
+    mat = np.zeros((n, n), np.int64)
+    np.add.at(mat, (t, p), 1)
+    return float(np.mean(ious)), mat
+
+
+def test_json_has_exactly_the_keys_and_the_hand_computed_miou(tmp_path, tiny_checkpoint, camvid_root, segmenter):
+    out = tmp_path / "report" / "eval.json"
+    rc = main(["--checkpoint", str(tiny_checkpoint), "--data-root", str(camvid_root), "--split", "val",
+               "--json", str(out), "--device", "cpu", "--backend", "torch", "--threads", "1", "--quiet"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report) == set(REPORT_KEYS)
+    assert report["checkpoint"] == str(tiny_checkpoint) and report["num_images"] == 4
+    assert list(report["per_class_iou"]) == list(CAMVID.names)
+    from msseg_core.data import build_dataset
+
+    ds = build_dataset("camvid", camvid_root, "val")
+    preds = [segmenter.predict(ds[i][0]) for i in range(len(ds))]
+    masks = [ds[i][1] for i in range(len(ds))]
+    assert any((m == IGNORE_INDEX).any() for m in masks)  # the fake data has void pixels
+    miou, mat = hand_miou(preds, masks, CAMVID.num_classes)
+    assert report["miou"] == pytest.approx(miou, abs=1e-12)
+    assert report["confusion_matrix"] == mat.tolist()
+    assert report["pixel_acc"] == pytest.approx(np.trace(mat) / mat.sum())
+    png = out.with_suffix(".confusion.png")
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_void_pixels_never_count(segmenter):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    mask = np.full((24, 40), IGNORE_INDEX, np.uint8)
+    mask[:5, :7] = 3
+    cm = evaluate_split(segmenter, ListDataset([(image, mask)]))
+    assert cm.mat.sum() == 35 and cm.mat[3].sum() == 35
+    # the predictions under the void are dropped, whatever they are
+    pred = segmenter.predict(image)
+    assert len(np.unique(pred[mask == IGNORE_INDEX])) >= 1
+    expected = np.zeros_like(cm.mat)
+    np.add.at(expected, (mask[:5, :7].ravel(), pred[:5, :7].ravel()), 1)
+    np.testing.assert_array_equal(cm.mat, expected)
+
+
+def test_batches_of_mixed_sizes_equal_one_by_one(segmenter):
+    rng = np.random.default_rng(1)
+    items = []
+    for h, w in [(24, 40), (24, 40), (30, 20), (24, 40), (30, 20)]:
+        items.append((rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 11, (h, w), dtype=np.uint8)))
+    one = evaluate_split(segmenter, ListDataset(items), batch_size=1)
+    many = evaluate_split(segmenter, ListDataset(items), batch_size=3)
+    np.testing.assert_array_equal(one.mat, many.mat)
+    assert one.num_images == many.num_images == 5
+
+
+def test_labels_of_another_class_set_are_refused(segmenter):
+    item = (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="differ from the dataset's"):
+        evaluate_split(segmenter, ListDataset([item], classes=KITTI_ROAD))
+    with pytest.raises(ValueError, match="does not match image"):
+        evaluate_split(segmenter, ListDataset([(item[0], np.zeros((4, 8), np.uint8))]))
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, tiny_checkpoint, camvid_root, capsys):
+    args = ["--data-root", str(camvid_root), "--device", "cpu", "--backend", "torch", "--threads", "1"]
+    assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--split", "val", *args]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tiny_checkpoint), "--split", "nosuchsplit", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("msseg-eval: error:") and "nosuchsplit" in err

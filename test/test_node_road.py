@@ -1,0 +1,125 @@
+"""The node's road outputs for planners: the refined `road_mask` and the `road_grid` OccupancyGrid,
+over real DDS with an in-process node. Geometry itself is tested in test_geometry.py; here: the wiring
+(stamps, frame, camera model from CameraInfo, run-time parameters)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from helpers_ros import (
+    InProcessNode,
+    SegmentationClient,
+    image_array,
+    make_header,
+    random_rgb,
+    rgb_image,
+)
+from nav_msgs.msg import OccupancyGrid
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo
+
+from msseg_core.classes import CAMVID
+from msseg_core.road import ego_region, refine_road_mask
+from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
+
+H, W = 48, 64
+
+
+def camera_info(header) -> CameraInfo:
+    info = CameraInfo(header=header, width=W, height=H, distortion_model="plumb_bob")
+    info.k = [40.0, 0.0, W / 2, 0.0, 40.0, H / 2, 0.0, 0.0, 1.0]
+    info.p = [40.0, 0.0, W / 2, 0.0, 0.0, 40.0, H / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.d = [0.0] * 5
+    return info
+
+
+class GridListener:
+    """Collects road_grid messages by stamp on the client's node."""
+
+    def __init__(self, client: SegmentationClient, topic: str):
+        self.cond = threading.Condition()
+        self.grids: dict[tuple[int, int], OccupancyGrid] = {}
+        client.node.create_subscription(OccupancyGrid, topic, self._on_grid,
+                                        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+
+    def _on_grid(self, msg: OccupancyGrid) -> None:
+        with self.cond:
+            self.grids[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+            self.cond.notify_all()
+
+    def wait(self, key, timeout: float = 20.0) -> OccupancyGrid:
+        with self.cond:
+            assert self.cond.wait_for(lambda: key in self.grids, timeout), "no road_grid for the frame"
+            return self.grids[key]
+
+
+def test_road_grid_follows_camera_info_and_road_mask(tiny_checkpoint) -> None:  # noqa: F811
+    ns = "/seg_grid"
+    params = {"checkpoint": str(tiny_checkpoint), "camera_height": 1.6, "camera_pitch": 0.2,
+              "road_classes": list(CAMVID.names)}  # every pixel is road: the grid is free wherever it sees ground
+    with InProcessNode(params, ns) as node, SegmentationClient(ns, outputs=("labels", "road_mask")) as c:
+        grids = GridListener(c, f"{ns}/road_grid")
+        info_pub = c.node.create_publisher(CameraInfo, f"{ns}/camera_info", 10)
+        c.wait_until_served(lambda: rgb_image(random_rgb(H, W)))
+        header = make_header("camera_optical_frame")
+        for _ in range(50):  # CameraInfo reaches the node before the frame that needs it
+            info_pub.publish(camera_info(header))
+            if node.node.road_grid.ready:
+                break
+            threading.Event().wait(0.1)
+        assert node.node.road_grid.ready
+        frame = rgb_image(random_rgb(H, W, seed=3), make_header("camera_optical_frame"))
+        key = c.publish(frame)
+        outputs = c.wait_for(key)
+        grid = grids.wait((frame.header.stamp.sec, frame.header.stamp.nanosec))
+
+        assert grid.header.stamp == frame.header.stamp
+        assert grid.header.frame_id == ROAD_GRID_DEFAULTS["grid_frame"] == "base_link"
+        res = ROAD_GRID_DEFAULTS["grid_resolution"]
+        assert abs(grid.info.resolution - res) < 1e-6
+        assert grid.info.width * grid.info.height == len(grid.data)
+        assert round(grid.info.height * res) == round(ROAD_GRID_DEFAULTS["grid_length"]) or \
+            round(grid.info.width * res) == round(ROAD_GRID_DEFAULTS["grid_length"])
+        cells = np.asarray(grid.data, dtype=np.int8)
+        road_mask = image_array(outputs["road_mask"])
+        assert (road_mask == 255).all()
+        assert set(np.unique(cells)) <= {-1, 0} and (cells == 0).sum() > 0.05 * cells.size
+        # The node's grid equals an offline builder fed the same CameraInfo, parameters and mask.
+        builder = RoadGridBuilder(**{**ROAD_GRID_DEFAULTS, "camera_height": 1.6, "camera_pitch": 0.2})
+        builder.update_camera_info(camera_info(frame.header))
+        offline = builder.build(road_mask, frame.header, refined=True)
+        np.testing.assert_array_equal(np.asarray(offline.data, dtype=np.int8), cells)
+
+
+def test_road_mask_refinement_parameters_at_run_time(tiny_checkpoint) -> None:  # noqa: F811
+    ns = "/seg_roadmask"
+    road_ids = [CAMVID.names.index(n) for n in ("Road", "Sky", "Building", "Tree")]
+    params = {"checkpoint": str(tiny_checkpoint), "road_classes": ["Road", "Sky", "Building", "Tree"]}
+    with InProcessNode(params, ns) as node, SegmentationClient(ns, outputs=("labels", "road_mask")) as c:
+        c.wait_until_served(lambda: rgb_image(random_rgb(H, W)))
+        rgb = random_rgb(H, W, seed=7)
+
+        def masks() -> tuple[np.ndarray, np.ndarray]:
+            out = c.request(rgb_image(rgb))
+            labels = image_array(out["labels"])
+            raw = np.where(np.isin(labels, road_ids), 255, 0).astype(np.uint8)
+            return raw, image_array(out["road_mask"])
+
+        raw, published = masks()  # default: cleaned with the default kernel
+        np.testing.assert_array_equal(
+            published, refine_road_mask(raw, kernel_size=ROAD_GRID_DEFAULTS["road_cleanup_kernel"]))
+
+        assert all(r.successful for r in c.set_parameters(node.fqn, {"road_cleanup_kernel": 0}))
+        raw, published = masks()
+        np.testing.assert_array_equal(published, raw)  # no clean-up: exactly the union of road classes
+
+        assert all(r.successful for r in c.set_parameters(node.fqn, {"road_ego_only": True}))
+        raw, published = masks()
+        np.testing.assert_array_equal(published, ego_region(raw))
+
+        for bad in ({"grid_resolution": -1.0}, {"road_min_confidence": 1.5}, {"road_cleanup_kernel": -3}):
+            result = c.set_parameters(node.fqn, bad)[0]
+            assert not result.successful and result.reason, bad
+        assert node.node.road_grid.params.road_ego_only and node.node.road_grid.params.road_cleanup_kernel == 0
