@@ -448,10 +448,13 @@ def to_markdown(report: dict) -> str:
                          f"| {r['latency_ms']['p99']:.2f} | {r['fps']:.2f} | {_fmt(r.get('speedup_vs_naive'))} "
                          f"| {100 * r['labels_agreement_vs_first']:.2f}% | {runs} | {r['iters']} |")
     elif report["kind"] == "node":
-        lines += ["| frame | frames | node p50 ms | node p99 ms | bare p50 ms | bare p99 ms | overhead ms (p50) "
-                  "| overhead / bare | backend |", "|" + "---|" * 9]
+        rate_rows = [r for r in rows if r.get("mode") == "rate"]
+        rows = [r for r in rows if r.get("mode") != "rate"]
+        if rows:
+            lines += ["| frame | frames | node p50 ms | node p99 ms | bare p50 ms | bare p99 ms | overhead ms (p50) "
+                      "| overhead / bare | backend |", "|" + "---|" * 9]
         for r in rows:
-            frame = "x".join(map(str, r["frame_size"]))
+            frame = "x".join(map(str, r["frame_size"] or ["?"]))
             if "error" in r:
                 lines.append(f"| {frame} | - | - | - | - | - | - | {r['error']} | - |")
                 continue
@@ -459,6 +462,13 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| {frame} | {r['frames']} | {n['p50']:.2f} | {n['p99']:.2f} | {b['p50']:.2f} "
                          f"| {b['p99']:.2f} | {r['overhead_ms']:.2f} | {100 * r['overhead_ratio']:.1f}% "
                          f"| {r.get('backend', '')} |")
+        if rate_rows:
+            lines += ["", "| outputs | frame | bare call | bare rate Hz | node rate Hz | fed Hz | node frames "
+                      "| overhead (1 - node / bare) |", "|" + "---|" * 8]
+        for r in rate_rows:
+            lines.append(f"| {r['outputs']} | {'x'.join(map(str, r['frame_size']))} | {r['bare_call']} "
+                         f"| {r['bare_rate_hz']:.1f} | {r['node_rate_hz']:.1f} | {r['fed_rate_hz']:.1f} "
+                         f"| {r['node_frames']} | {100 * r['overhead_ratio']:.1f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -549,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--frames", type=int, default=30, help="timed frames per size (lock-step)")
     n.add_argument("--backend", default="auto", help="node and bare Segmenter backend")
     n.add_argument("--precision", default="fp32")
+    n.add_argument("--modes", default="lockstep,rate", help="lockstep (latency) and/or rate (throughput)")
+    n.add_argument("--rate-outputs", default="labels,all",
+                   help="rate rows: labels (vs Segmenter.predict) and/or all five outputs (vs Segmenter.segment)")
+    n.add_argument("--phase-seconds", type=float, default=5.0, help="rate: length of each bare / node phase")
+    n.add_argument("--rounds", type=int, default=3, help="rate: bare/node phase pairs per row")
+    n.add_argument("--feed-factor", type=float, default=1.5, help="rate: frames published per bare-rate frame")
     n.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's outputs")
     n.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the node to come up")
     _common(n, iters=30, warmup=3, max_seconds=600.0)

@@ -31,6 +31,7 @@ class ModelConfig:
     name: str = "mssanet"
     args: dict = field(default_factory=dict)  # builder keyword arguments, stored in checkpoints
     encoder_weights: str = ""  # optional local VGG16 weights (load_vgg16_encoder); never in args
+    init_from: str = ""  # optional msseg checkpoint of the same model to start from (fine-tuning)
 
 
 @dataclass

@@ -194,7 +194,30 @@ def build_network(recipe: Recipe, num_classes: int) -> nn.Module:
             load_vgg16_encoder(model, recipe.model.encoder_weights)
         except (TypeError, ValueError, OSError) as exc:
             raise RecipeError(f"model.encoder_weights {recipe.model.encoder_weights!r}: {exc}") from None
+    if recipe.model.init_from:
+        init_weights(model, recipe, num_classes)
     return model
+
+
+def init_weights(model: nn.Module, recipe: Recipe, num_classes: int) -> None:
+    """Start from a trained msseg checkpoint (a longer schedule, or a new recipe on the same network).
+
+    The checkpoint must describe the very network the recipe builds: same registry name, arguments
+    and number of classes; anything else is a recipe error, not a silent partial load.
+    """
+    from msseg_core.checkpoint import CheckpointError, load_checkpoint
+
+    path = recipe.model.init_from
+    try:
+        trained, meta = load_checkpoint(path)
+    except (CheckpointError, OSError) as exc:
+        raise RecipeError(f"model.init_from {path!r}: {exc}") from None
+    ours = (recipe.model.name, recipe.model.args, num_classes)
+    if (meta.model, meta.model_args, meta.num_classes) != ours:
+        raise RecipeError(
+            f"model.init_from {path!r} holds {meta.model} {meta.model_args} with {meta.num_classes} classes, "
+            f"the recipe builds {ours[0]} {ours[1]} with {ours[2]}")
+    model.load_state_dict(trained.state_dict())
 
 
 class TrainBatches:

@@ -1,14 +1,21 @@
 """`msseg-bench node`: the real segmentation node over DDS versus the bare `Segmenter`, same frames.
 
 The node runs as a subprocess (`python -m msseg_ros.segmentation_node --ros-args -p checkpoint:=...
--r image:=...`) in a namespace of its own; this process publishes one frame, waits until all five
-outputs with that frame's stamp have arrived (lock-step: the node is never asked for more than it can
-do, and no frame waits in a queue), then runs `Segmenter.segment` itself on the same frame with the
-same options. Interleaving the two per frame keeps slow drifts of machine load out of the ratio.
+-r image:=...`) in a namespace of its own. Two measurements, each on the same frames as the bare
+`Segmenter` in this process with the same options:
 
-node latency = last output received - frame published (encode, DDS both ways, decode, inference,
-               encode x 5, this process's callbacks);
-overhead     = median(node) - median(bare);  overhead_ratio = overhead / median(bare).
+lockstep  latency. This process publishes one frame, waits until all five outputs with that frame's
+          stamp have arrived (the node is never asked for more than it can do, no frame waits in a
+          queue), then runs `Segmenter.segment` itself on the same frame. Interleaving the two per
+          frame keeps slow drifts of machine load out of the ratio.
+          node latency = last output received - frame published;
+          overhead = median(node) - median(bare);  overhead_ratio = overhead / median(bare).
+rate      throughput, what a camera faster than the model gets. Phases of `--phase-seconds` alternate:
+          the bare Segmenter back to back (`predict` for the labels alone, `segment` for all five
+          outputs), then the node fed at `--feed-factor` x that bare rate (it keeps the newest frame,
+          drops the rest) while this process counts the frames whose every subscribed output came
+          back. overhead_ratio = 1 - node rate / bare rate. Outputs are received as serialized bytes
+          (only the stamp is read), so this process's own decoding does not slow the node it measures.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,6 +39,11 @@ from msseg_ros.qos import apply_fastdds_profile
 
 log = logging.getLogger(__name__)
 STAMP_BASE = 1_000_000  # seconds; frame i has stamp (STAMP_BASE + i, 0)
+RATE_OUTPUTS = {"labels": ("labels",), "all": OUTPUTS}  # what the client subscribes to, per rate row
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -77,6 +90,12 @@ class NodeProcess:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described in the module docstring; returns the report (kind 'node')."""
+    modes = _split(args.modes)
+    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(set(_split(args.rate_outputs)) - set(RATE_OUTPUTS))
+    if unknown or not modes:
+        print(f"msseg-bench node: unknown --modes/--rate-outputs {unknown or modes}; modes are lockstep, rate; "
+              f"rate outputs are {', '.join(RATE_OUTPUTS)}", file=sys.stderr)
+        raise SystemExit(2)
     apply_fastdds_profile()  # before rclpy.init, for both processes (the child inherits the variables)
     import rclpy
     from rclpy.node import Node
@@ -114,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         _wait_ready(rclpy, client, pub, subs, node_proc, args.startup_timeout)
         frame_id = 0
-        for size in _sizes(args.sizes):
+        for size in _sizes(args.sizes) if "lockstep" in modes else []:
             frames = synthetic_frames(8, *size)
             node_t, bare_t, lost = [], [], 0
             for k in range(args.warmup + args.frames):
@@ -139,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
                 for n in OUTPUTS:
                     arrivals[n].pop(frame_id, None)
                 frame_id += 1
-            row = {"frame_size": list(size), "frames": len(node_t), "lost": lost,
+            row = {"mode": "lockstep", "frame_size": list(size), "frames": len(node_t), "lost": lost,
                    "backend": bare.describe().get("backend"), "describe": bare.describe()}
             if not node_t:
                 row["error"] = f"no frame came back from the node within {args.timeout} s"
@@ -154,6 +173,10 @@ def run(args: argparse.Namespace) -> dict:
             log.info("node %s: %s", size, row.get("error") or
                      f"node p50 {row['node_latency_ms']['p50']:.2f} ms, bare p50 {row['bare_latency_ms']['p50']:.2f} "
                      f"ms, overhead {100 * row['overhead_ratio']:.1f}%")
+        if "rate" in modes:
+            for sub in subs:
+                client.destroy_subscription(sub)
+            results += _rate_rows(args, rclpy, client, pub, bare, node_proc, namespace)
     except RuntimeError as exc:
         results.append({"frame_size": None, "error": str(exc)})
     finally:
@@ -161,6 +184,111 @@ def run(args: argparse.Namespace) -> dict:
         rclpy.try_shutdown()
         node_proc.stop()
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
+
+
+def cdr_stamp(data: bytes) -> tuple[int, int]:
+    """(sec, nanosec) of a serialized std_msgs/Header-first message: CDR, after the 4-byte encapsulation."""
+    fmt = "<iI" if data[1] & 1 else ">iI"  # encapsulation kind: odd = little endian
+    return struct.unpack_from(fmt, data, 4)
+
+
+def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, namespace: str) -> list[dict]:
+    """The `rate` measurement of the module docstring, for each output set and frame size."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from msseg_ros.image_codec import encode_image
+
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    rows = []
+    stamp = [STAMP_BASE + 500_000]
+    arrivals: dict[int, dict[str, float]] = {}  # stamp sec -> output -> arrival time
+    for which in _split(args.rate_outputs):
+        outputs = RATE_OUTPUTS[which]
+
+        def callback(name):
+            def cb(data: bytes) -> None:
+                arrivals.setdefault(cdr_stamp(data)[0], {})[name] = time.perf_counter()
+
+            return cb
+
+        subs = [client.create_subscription(Image, f"{namespace}/{name}", callback(name), reliable, raw=True)
+                for name in outputs]
+        _wait_ready(rclpy, client, pub, subs, proc, args.startup_timeout)
+        for size in _sizes(args.sizes):
+            frames = synthetic_frames(8, *size)
+            msgs = [encode_image(f, "rgb8", Header(frame_id="camera")) for f in frames]
+
+            def bare_call(frame, outputs=outputs):
+                return bare.predict(frame) if outputs == ("labels",) else bare.segment(frame, outputs)
+
+            for f in frames[:3]:  # warm both up (first calls allocate); by then the node sees who subscribes
+                bare_call(f)
+            _feed(rclpy, client, pub, msgs, stamp, 20.0, 2.0, arrivals, outputs, proc)
+            bare_n = bare_s = node_n = node_s = 0.0
+            fed = []
+            for _ in range(args.rounds):
+                n, secs = _bare_phase(bare_call, frames, args.phase_seconds)
+                bare_n, bare_s = bare_n + n, bare_s + secs
+                feed_hz = args.feed_factor * bare_n / bare_s
+                n, secs, sent = _feed(rclpy, client, pub, msgs, stamp, feed_hz, args.phase_seconds, arrivals,
+                                      outputs, proc)
+                node_n, node_s = node_n + n, node_s + secs
+                fed.append(sent / args.phase_seconds)
+            bare_hz, node_hz = bare_n / bare_s, node_n / node_s
+            rows.append({"mode": "rate", "outputs": which, "frame_size": list(size),
+                         "bare_call": "predict" if outputs == ("labels",) else "segment",
+                         "bare_rate_hz": round(bare_hz, 2), "node_rate_hz": round(node_hz, 2),
+                         "fed_rate_hz": round(float(np.mean(fed)), 2), "node_frames": int(node_n),
+                         "overhead_ratio": round(1.0 - node_hz / bare_hz, 4),
+                         "rounds": args.rounds, "phase_seconds": args.phase_seconds})
+            log.info("node rate %s %s: node %.1f Hz, bare %.1f Hz, overhead %.1f%%", which, size, node_hz, bare_hz,
+                     100 * rows[-1]["overhead_ratio"])
+        for sub in subs:
+            client.destroy_subscription(sub)
+    return rows
+
+
+def _bare_phase(call, frames, seconds: float) -> tuple[int, float]:
+    """Back-to-back calls for `seconds`: (calls, elapsed)."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        call(frames[n % len(frames)])
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return n, elapsed
+
+
+def _feed(rclpy, client, pub, msgs, stamp: list[int], rate_hz: float, seconds: float,
+          arrivals: dict[int, dict[str, float]], outputs, proc: NodeProcess) -> tuple[int, float, int]:
+    """Publish at `rate_hz` for `seconds`; (frames answered on every output in the window, window, sent).
+
+    The window starts a tenth in (the pipeline fills) and ends with the feed; frames still in flight
+    then are drained and not counted, so the count is what the node sustained.
+    """
+    period = 1.0 / rate_hz
+    t0 = time.perf_counter()
+    start, end = t0 + 0.1 * seconds, t0 + seconds
+    next_t, sent, first = t0, 0, stamp[0]
+    while (now := time.perf_counter()) < end:
+        if now >= next_t:
+            msg = msgs[sent % len(msgs)]
+            msg.header.stamp.sec = stamp[0]
+            stamp[0] += 1
+            pub.publish(msg)
+            sent += 1
+            next_t = max(next_t + period, now)  # a late publish does not cause a burst
+            if not proc.alive():
+                raise RuntimeError(f"the node exited (status {proc.proc.returncode}):\n{proc.tail()}")
+        rclpy.spin_once(client, timeout_sec=max(0.0, min(next_t - time.perf_counter(), 0.002)))
+    drain_end = time.perf_counter() + 0.5
+    while time.perf_counter() < drain_end:
+        rclpy.spin_once(client, timeout_sec=0.01)
+    done = [max(a.values()) for sec, a in arrivals.items() if sec >= first and len(a) == len(outputs)]
+    arrivals.clear()
+    return sum(start <= t < end for t in done), end - start, sent
 
 
 def _spin_until(rclpy, node, predicate, timeout: float, proc: NodeProcess) -> bool:

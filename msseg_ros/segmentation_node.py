@@ -6,10 +6,16 @@ publishers and diagnostics, and no image maths (decoding lives in `image_codec`,
 thread takes the newest frame, so a slow network never builds a queue: a frame that is replaced
 before the worker gets to it is counted as dropped. Every output carries the input's header and the
 input's resolution. Run `segmentation_node --ros-args -p checkpoint:=model.safetensors`.
+
+Two threads form a pipeline (parameter `pipelined`, default on): the worker decodes and segments
+frame N+1 while a publisher thread encodes and publishes frame N, handed over through a one-slot
+queue that the worker waits on. The network and the message handling then cost max(a, b) per frame
+instead of a + b, so the node keeps up with the bare Segmenter's rate; a frame's latency is the same.
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import sys
 import threading
@@ -35,6 +41,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
 from msseg_core.checkpoint import CheckpointError, default_checkpoint, load_meta
 from msseg_core.inference import BACKENDS, OUTPUTS, PRECISIONS, Segmenter, resolve_device
@@ -109,6 +116,18 @@ class FrameCounters:
         return {**{k: v for k, v in vars(self).items() if k != "published"}, "published": dict(self.published)}
 
 
+@dataclass
+class SegmentedFrame:
+    """One frame's outputs on their way from the worker to the publisher thread."""
+
+    header: Header
+    result: dict[str, np.ndarray]  # fresh arrays (Segmenter.segment), owned by this frame
+    wanted: list[str]  # outputs with subscribers when the frame was segmented
+    grid_wanted: bool
+    received_at: float
+    inference_s: float
+
+
 def _descriptor(description: str, ptype: int, read_only: bool = False, constraints: str = "",
                 **ranges: Any) -> ParameterDescriptor:
     return ParameterDescriptor(description=description, type=ptype, read_only=read_only,
@@ -141,6 +160,8 @@ class SegmentationNode(Node):
         self._last_problem = ""
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._publisher: threading.Thread | None = None
+        self._outbox: queue.Queue[SegmentedFrame] = queue.Queue(maxsize=1)  # worker -> publisher
         try:
             self._configure()
         except ConfigError:
@@ -151,6 +172,9 @@ class SegmentationNode(Node):
             raise ConfigError(_one_line(exc)) from None
         self._worker = threading.Thread(target=self._worker_loop, name="msseg_worker", daemon=True)
         self._worker.start()
+        if self.pipelined:
+            self._publisher = threading.Thread(target=self._publisher_loop, name="msseg_publisher", daemon=True)
+            self._publisher.start()
 
     # -- start-up ------------------------------------------------------------------------------
     def _configure(self) -> None:
@@ -182,6 +206,9 @@ class SegmentationNode(Node):
         self.max_input_pixels = self._declare("max_input_pixels", DEFAULT_MAX_PIXELS, _descriptor(
             "Frames with more pixels (width x height) are rejected and counted as invalid", p.INTEGER,
             read_only=True, integer_range=[IntegerRange(from_value=1, to_value=2**31 - 1, step=1)]))
+        self.pipelined = bool(self._declare("pipelined", True, _descriptor(
+            "Publish frame N from a second thread while the network runs on frame N+1 (rate: max instead of "
+            "sum of the two stages; same latency). false = one thread does both", p.BOOL, read_only=True)))
         self.overlay_alpha = float(self._declare("overlay_alpha", 0.5, _descriptor(
             "Weight of the class colours in `overlay` (0 = frame only, 1 = colours only); changeable at run time",
             p.DOUBLE, floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)])))
@@ -329,27 +356,62 @@ class SegmentationNode(Node):
 
     # -- the worker ----------------------------------------------------------------------------
     def _worker_loop(self) -> None:
+        """Newest frame -> segmented outputs -> the publisher thread (or publish here, unpipelined)."""
         while not self._stop.is_set():
             item = self._mailbox.take(timeout=0.5)
             if item is None:
                 continue
             try:
-                self.process_frame(*item)
+                frame = self.segment_frame(*item)
+                if frame is not None:
+                    self._hand_over(frame)
             except Exception as exc:  # e.g. MemoryError decoding a frame: lose that frame, never the worker
                 if not self.context.ok():
                     return
-                self._count("errors", f"frame failed: {type(exc).__name__}: {_one_line(exc)}")
-                self.get_logger().error(f"frame dropped, {type(exc).__name__}: {_one_line(exc)}",
-                                        throttle_duration_sec=5.0)
+                self._frame_failed(exc)
+
+    def _hand_over(self, frame: SegmentedFrame) -> None:
+        if not self.pipelined:
+            self.publish_frame(frame)
+            return
+        while not self._stop.is_set():  # waits while the publisher is busy: back-pressure, no queue
+            try:
+                self._outbox.put(frame, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _publisher_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.publish_frame(frame)
+            except Exception as exc:  # publishing failed: lose that frame, never the thread
+                if not self.context.ok():
+                    return
+                self._frame_failed(exc)
+
+    def _frame_failed(self, exc: Exception) -> None:
+        self._count("errors", f"frame failed: {type(exc).__name__}: {_one_line(exc)}")
+        self.get_logger().error(f"frame dropped, {type(exc).__name__}: {_one_line(exc)}", throttle_duration_sec=5.0)
 
     def process_frame(self, msg: Image | CompressedImage, received_at: float) -> None:
-        """Decode, segment (only outputs someone subscribes to), publish with the input's header."""
+        """Segment and publish one frame in the calling thread (what the worker does unpipelined)."""
+        frame = self.segment_frame(msg, received_at)
+        if frame is not None:
+            self.publish_frame(frame)
+
+    def segment_frame(self, msg: Image | CompressedImage, received_at: float) -> SegmentedFrame | None:
+        """Decode and segment (only outputs someone subscribes to); None when the frame ends here."""
         try:
             rgb = decode(msg, self.max_input_pixels)
         except ImageDecodeError as exc:
             self._count("invalid", f"invalid frame: {exc}")
             self.get_logger().warning(f"invalid frame dropped: {exc}", throttle_duration_sec=5.0)
-            return
+            return None
         wanted = [name for name, pub in self.output_pubs.items() if pub.get_subscription_count() > 0]
         grid_wanted = self.road_grid_pub.get_subscription_count() > 0
         compute = set(wanted)
@@ -359,7 +421,7 @@ class SegmentationNode(Node):
                 compute.add("confidence")  # the road threshold reads it; no second forward pass
         if not compute:
             self._count("skipped")
-            return
+            return None
         try:
             t0 = time.monotonic()
             with self._segment_lock:
@@ -367,29 +429,34 @@ class SegmentationNode(Node):
                 if "road_mask" in result:
                     result["road_mask"] = self.road_grid.refine(result["road_mask"], result.get("confidence"))
             inference_s = time.monotonic() - t0
-            for name in wanted:
-                self.output_pubs[name].publish(encode_image(result[name], OUTPUT_ENCODINGS[name], msg.header))
-            if grid_wanted:
-                grid = self.road_grid.build(result["road_mask"], msg.header, refined=True)
-                if grid is not None:
-                    self.road_grid_pub.publish(grid)
-                else:
-                    self.get_logger().warning(f"no road_grid: {self.road_grid.camera_error or 'no CameraInfo yet'}",
-                                              throttle_duration_sec=5.0)
         except Exception as exc:  # e.g. CUDA out of memory: lose this frame, keep the node running
-            if not self.context.ok():  # shutting down: publishing fails, nothing to report
-                return
+            if not self.context.ok():  # shutting down, nothing to report
+                return None
             self._recover_from(exc)
             self._count("errors", f"inference failed: {type(exc).__name__}: {_one_line(exc)}")
             self.get_logger().error(f"frame dropped, inference failed: {type(exc).__name__}: {_one_line(exc)}",
                                     throttle_duration_sec=5.0)
-            return
+            return None
+        return SegmentedFrame(msg.header, result, wanted, grid_wanted, received_at, inference_s)
+
+    def publish_frame(self, frame: SegmentedFrame) -> None:
+        """Every wanted output (and the road grid) with the input's header; then the frame counts."""
+        header, result = frame.header, frame.result
+        for name in frame.wanted:
+            self.output_pubs[name].publish(encode_image(result[name], OUTPUT_ENCODINGS[name], header))
+        if frame.grid_wanted:
+            grid = self.road_grid.build(result["road_mask"], header, refined=True)
+            if grid is not None:
+                self.road_grid_pub.publish(grid)
+            else:
+                self.get_logger().warning(f"no road_grid: {self.road_grid.camera_error or 'no CameraInfo yet'}",
+                                          throttle_duration_sec=5.0)
         with self._counters_lock:
             self.counters.processed += 1
-            for name in wanted:
+            for name in frame.wanted:
                 self.counters.published[name] += 1
-            self._latencies.append(time.monotonic() - received_at)
-            self._inference_times.append(inference_s)
+            self._latencies.append(time.monotonic() - frame.received_at)
+            self._inference_times.append(frame.inference_s)
 
     def _recover_from(self, exc: Exception) -> None:
         """After a CUDA out-of-memory error give the cached blocks back, so the next frame can fit."""
@@ -453,8 +520,9 @@ class SegmentationNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._mailbox.close()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=5.0)
+        for thread in (self._worker, self._publisher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5.0)
         super().destroy_node()
 
 

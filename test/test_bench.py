@@ -91,10 +91,33 @@ def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint
     pytest.importorskip("msseg_ros.segmentation_node")
     status = bench.main(["node", "--checkpoint", str(tiny_checkpoint), "--sizes", "48x64", "--frames", "3",
                          "--warmup", "1", "--threads", "1", "--timeout", "30", "--startup-timeout", "120",
-                         "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "node.json")])
+                         "--phase-seconds", "1", "--rounds", "1", "--cache-dir", str(tmp_path / "cache"),
+                         "--json", str(tmp_path / "node.json"), "--md", str(tmp_path / "node.md")])
     report = json.loads((tmp_path / "node.json").read_text())
-    row = report["results"][0]
+    row, *rate = report["results"]
     assert status == 0 and "error" not in row, (row, report.get("node_log"))
-    assert row["frames"] == 3 and row["frame_size"] == [48, 64]
+    assert row["mode"] == "lockstep" and row["frames"] == 3 and row["frame_size"] == [48, 64]
     assert set(row["node_latency_ms"]) == set(row["bare_latency_ms"]) == LATENCY_KEYS
     assert row["node_latency_ms"]["p50"] > 0 and isinstance(row["overhead_ratio"], float)
+    # Throughput: the node fed faster than the bare Segmenter runs, for labels alone and for all outputs.
+    assert [(r["mode"], r["outputs"], r["bare_call"]) for r in rate] == [("rate", "labels", "predict"),
+                                                                         ("rate", "all", "segment")], rate
+    for r in rate:
+        assert r["node_frames"] > 0 and r["node_rate_hz"] > 0 and r["fed_rate_hz"] > r["node_rate_hz"] * 0.9, r
+        assert r["overhead_ratio"] == pytest.approx(1 - r["node_rate_hz"] / r["bare_rate_hz"], abs=2e-3), r
+    assert "| labels | 48x64 | predict |" in (tmp_path / "node.md").read_text()
+
+
+def test_node_bench_reads_stamps_from_serialized_outputs_and_checks_its_options(capsys):
+    pytest.importorskip("rclpy")
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from msseg_ros.bench_node import cdr_stamp
+
+    msg = Image(height=2, width=3, encoding="mono8", step=3, data=bytes(6))
+    msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 1_000_123, 456, "camera"
+    assert cdr_stamp(serialize_message(msg)) == (1_000_123, 456)
+    with pytest.raises(SystemExit) as info:
+        bench.main(["node", "--modes", "rate", "--rate-outputs", "labels,depth"])
+    assert info.value.code == 2 and "unknown" in capsys.readouterr().err

@@ -292,7 +292,8 @@ def wait_settled(node, received: int, timeout: float = 15.0) -> dict[str, int]:
 
 
 def worker_alive(node) -> bool:
-    return node._worker is not None and node._worker.is_alive()
+    """Both threads: the worker that segments and the publisher that sends the outputs."""
+    return all(t is not None and t.is_alive() for t in (node._worker, node._publisher))
 
 
 @pytest.mark.parametrize("transport", ["raw", "compressed"])

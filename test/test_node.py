@@ -4,6 +4,7 @@ the test needs to reach inside (counters, injected failures). Tiny network, smal
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 
@@ -280,6 +281,37 @@ def test_outputs_without_subscribers_are_not_computed(tiny_checkpoint) -> None: 
             published = dict(counters_.published)
         assert published["labels"] == published["road_mask"] == counters_.processed >= 4, published
         assert published["color_mask"] == published["overlay"] == published["confidence"] == 0, published
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_pipelined_and_single_thread_nodes_answer_alike(tiny_checkpoint, reference: Segmenter,  # noqa: F811
+                                                        pipelined: bool) -> None:
+    """`pipelined` (default) publishes from its own thread while the worker segments the next frame;
+    either way every frame is answered correctly and a burst is fully accounted for."""
+    ns = f"/seg_pipelined_{str(pipelined).lower()}"
+    with InProcessNode({"checkpoint": str(tiny_checkpoint), "pipelined": pipelined}, ns) as node:
+        seg_node, publishing_threads = node.node, set()
+        publish = seg_node.publish_frame
+
+        def spy(frame):
+            publishing_threads.add(threading.current_thread().name)
+            publish(frame)
+
+        seg_node.publish_frame = spy
+        with SegmentationClient(ns, name=f"pipelined_{str(pipelined).lower()}") as c:
+            c.wait_until_served()
+            for i in range(3):
+                rgb = random_rgb(30, 44, seed=100 + i)
+                sent = rgb_image(rgb)
+                check_outputs(c.request(sent), sent, reference, rgb)
+            frames = [rgb_image(random_rgb(60, 80, seed=i)) for i in range(30)]
+            for msg in frames:
+                c.publish(msg)
+            assert set(c.wait_for(stamp_key(frames[-1].header), timeout=30)) == set(OUTPUTS)
+        counts = seg_node.counters
+        assert wait_until(lambda: counts.received == counts.processed + counts.dropped), counts
+        assert counts.processed >= 4 and counts.errors == counts.invalid == 0, counts
+        assert publishing_threads == {"msseg_publisher" if pipelined else "msseg_worker"}
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:

@@ -289,6 +289,27 @@ def test_fresh_run_refuses_an_existing_run_folder(trained, capsys):
     assert "already trained 5 of 5 epochs" in capsys.readouterr().out
 
 
+def test_init_from_starts_a_new_run_from_a_trained_checkpoint(trained, camvid_root, tmp_path, capsys):
+    """Fine-tuning: the network starts as the checkpoint's, and what it learned carries over."""
+    out, _ = trained
+    ckpt = out / "last.safetensors"
+    recipe = load_recipe(tiny_recipe(tmp_path, camvid_root, 1),
+                         [f"model.init_from={ckpt}", "optim.lr=1e-5", "optim.warmup_epochs=0"])
+    start = train_mod.build_network(recipe, 11).state_dict()
+    assert all(torch.equal(start[k], v) for k, v in weights(ckpt).items())
+    train_mod.fit(recipe, tmp_path / "ft", quiet=True)
+    tuned, scratch = read_csv(tmp_path / "ft" / "metrics.csv"), read_csv(out / "metrics.csv")
+    assert float(tuned[0]["val_miou"]) > float(scratch[0]["val_miou"]) + 0.05, (tuned, scratch)
+    assert float(tuned[0]["val_miou"]) >= 0.9 * float(scratch[-1]["val_miou"]), (tuned, scratch)
+
+    # A checkpoint of another network is a one-line recipe error, before any training.
+    config = tiny_recipe(tmp_path, camvid_root, 1)
+    assert train_mod.main(["--config", str(config), "--set", f"model.init_from={ckpt}",
+                           "--set", "model.args.width=0.125", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "model.init_from" in err and "width" in err and not (tmp_path / "bad" / "last.safetensors").exists()
+
+
 def test_resume_without_a_training_state_is_a_clear_error(trained, tmp_path, capsys):
     import shutil
 
