@@ -426,8 +426,6 @@ class SegmentationNode(Node):
             t0 = time.monotonic()
             with self._segment_lock:
                 result = self.segmenter.segment(rgb, compute, overlay_alpha=self.overlay_alpha)
-                if "road_mask" in result:
-                    result["road_mask"] = self.road_grid.refine(result["road_mask"], result.get("confidence"))
             inference_s = time.monotonic() - t0
         except Exception as exc:  # e.g. CUDA out of memory: lose this frame, keep the node running
             if not self.context.ok():  # shutting down, nothing to report
@@ -440,8 +438,10 @@ class SegmentationNode(Node):
         return SegmentedFrame(msg.header, result, wanted, grid_wanted, received_at, inference_s)
 
     def publish_frame(self, frame: SegmentedFrame) -> None:
-        """Every wanted output (and the road grid) with the input's header; then the frame counts."""
+        """Refine the road mask, then every wanted output (and the road grid) with the input's header."""
         header, result = frame.header, frame.result
+        if "road_mask" in result:  # here, not in the worker: the image work is split evenly between threads
+            result["road_mask"] = self.road_grid.refine(result["road_mask"], result.get("confidence"))
         for name in frame.wanted:
             self.output_pubs[name].publish(encode_image(result[name], OUTPUT_ENCODINGS[name], header))
         if frame.grid_wanted:
