@@ -14,8 +14,9 @@ rate      throughput, what a camera faster than the model gets. Phases of `--pha
           the bare Segmenter back to back (`predict` for the labels alone, `segment` for all five
           outputs), then the node fed at `--feed-factor` x that bare rate (it keeps the newest frame,
           drops the rest) while this process counts the frames whose every subscribed output came
-          back. overhead_ratio = 1 - node rate / bare rate. Outputs are received as serialized bytes
-          (only the stamp is read), so this process's own decoding does not slow the node it measures.
+          back. overhead_ratio = 1 - node rate / bare rate. Frames are sent and outputs received as
+          serialized bytes (only the stamp is written and read), so the cost of this process's own
+          message conversions does not slow the node it measures on a machine with few cores.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def run(args: argparse.Namespace) -> dict:
         params["checkpoint"] = str(Path(checkpoint).resolve())
     if args.threads:
         params["threads"] = str(args.threads)
+    for item in _split(args.node_params):  # e.g. pipelined:=false, to compare node settings
+        key, _, value = item.partition(":=")
+        params[key.strip()] = value.strip()
     bare = Segmenter.from_checkpoint(checkpoint or None, device=args.device, precision=args.precision,
                                      backend=args.backend, threads=args.threads or None, cache_dir=args.cache_dir)
     node_proc = NodeProcess(namespace, params, args.cache_dir)
@@ -186,15 +190,24 @@ def run(args: argparse.Namespace) -> dict:
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
 
 
+def _cdr_stamp_format(data: bytes | bytearray) -> str:
+    return "<iI" if data[1] & 1 else ">iI"  # CDR encapsulation kind: odd = little endian
+
+
 def cdr_stamp(data: bytes) -> tuple[int, int]:
     """(sec, nanosec) of a serialized std_msgs/Header-first message: CDR, after the 4-byte encapsulation."""
-    fmt = "<iI" if data[1] & 1 else ">iI"  # encapsulation kind: odd = little endian
-    return struct.unpack_from(fmt, data, 4)
+    return struct.unpack_from(_cdr_stamp_format(data), data, 4)
+
+
+def set_cdr_stamp(data: bytearray, sec: int, nanosec: int = 0) -> None:
+    """Write the stamp of a serialized Header-first message in place (cdr_stamp's inverse)."""
+    struct.pack_into(_cdr_stamp_format(data), data, 4, sec, nanosec)
 
 
 def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, namespace: str) -> list[dict]:
     """The `rate` measurement of the module docstring, for each output set and frame size."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
@@ -218,7 +231,7 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
         _wait_ready(rclpy, client, pub, subs, proc, args.startup_timeout)
         for size in _sizes(args.sizes):
             frames = synthetic_frames(8, *size)
-            msgs = [encode_image(f, "rgb8", Header(frame_id="camera")) for f in frames]
+            msgs = [bytearray(serialize_message(encode_image(f, "rgb8", Header(frame_id="camera")))) for f in frames]
 
             def bare_call(frame, outputs=outputs):
                 return bare.predict(frame) if outputs == ("labels",) else bare.segment(frame, outputs)
@@ -261,7 +274,7 @@ def _bare_phase(call, frames, seconds: float) -> tuple[int, float]:
             return n, elapsed
 
 
-def _feed(rclpy, client, pub, msgs, stamp: list[int], rate_hz: float, seconds: float,
+def _feed(rclpy, client, pub, msgs: list[bytearray], stamp: list[int], rate_hz: float, seconds: float,
           arrivals: dict[int, dict[str, float]], outputs, proc: NodeProcess) -> tuple[int, float, int]:
     """Publish at `rate_hz` for `seconds`; (frames answered on every output in the window, window, sent).
 
@@ -275,9 +288,9 @@ def _feed(rclpy, client, pub, msgs, stamp: list[int], rate_hz: float, seconds: f
     while (now := time.perf_counter()) < end:
         if now >= next_t:
             msg = msgs[sent % len(msgs)]
-            msg.header.stamp.sec = stamp[0]
+            set_cdr_stamp(msg, stamp[0])
             stamp[0] += 1
-            pub.publish(msg)
+            pub.publish(bytes(msg))
             sent += 1
             next_t = max(next_t + period, now)  # a late publish does not cause a burst
             if not proc.alive():

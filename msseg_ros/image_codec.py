@@ -78,8 +78,10 @@ def _as_bytes(data: Any) -> np.ndarray:
             raise ImageDecodeError(f"image data is not a byte buffer: {exc}") from None
 
 
-def decode_image(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """sensor_msgs/Image -> H x W x 3 uint8 RGB (a new array, never a view of the message)."""
+def decode_image(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS, copy: bool = True) -> np.ndarray:
+    """sensor_msgs/Image -> H x W x 3 uint8 RGB, a new array; with copy=False an unpadded rgb8 frame
+    comes back as a view of the message's buffer (the node's hot path, where a 2 MB copy costs more
+    than a millisecond); it keeps the buffer alive, and nothing may write to it."""
     encoding = str(msg.encoding).strip().lower()
     if encoding not in _RAW:
         raise ImageDecodeError(f"unsupported encoding {msg.encoding!r}; supported: {', '.join(DECODABLE_ENCODINGS)}")
@@ -104,6 +106,8 @@ def decode_image(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
             return cv2.cvtColor(mono8, cv2.COLOR_GRAY2RGB)
         pixels = rows.reshape(height, width) if bpp == 1 else rows.reshape(height, width, bpp)
         if code is None:  # rgb8
+            if not copy and pixels.flags.c_contiguous:
+                return pixels
             return pixels.copy()  # C-contiguous, and independent of the message's buffer
         return cv2.cvtColor(np.ascontiguousarray(pixels), code)
     except cv2.error as exc:  # e.g. an image too small for the demosaic kernel
@@ -182,12 +186,12 @@ def decode_compressed(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def decode(msg: Image | CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Either message type -> H x W x 3 uint8 RGB."""
+def decode(msg: Image | CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS, copy: bool = True) -> np.ndarray:
+    """Either message type -> H x W x 3 uint8 RGB (copy: see decode_image)."""
     if isinstance(msg, CompressedImage):
         return decode_compressed(msg, max_pixels)
     if isinstance(msg, Image):
-        return decode_image(msg, max_pixels)
+        return decode_image(msg, max_pixels, copy)
     raise ImageDecodeError(f"not an image message: {type(msg).__name__}")
 
 

@@ -9,8 +9,8 @@ input's resolution. Run `segmentation_node --ros-args -p checkpoint:=model.safet
 
 Two threads form a pipeline (parameter `pipelined`, default on): the worker decodes and segments
 frame N+1 while a publisher thread encodes and publishes frame N, handed over through a one-slot
-queue that the worker waits on. The network and the message handling then cost max(a, b) per frame
-instead of a + b, so the node keeps up with the bare Segmenter's rate; a frame's latency is the same.
+queue that the worker waits on. Where a core is free, the network and the message handling then
+cost max(a, b) per frame instead of a + b; a frame's latency is the same.
 """
 
 from __future__ import annotations
@@ -407,7 +407,7 @@ class SegmentationNode(Node):
     def segment_frame(self, msg: Image | CompressedImage, received_at: float) -> SegmentedFrame | None:
         """Decode and segment (only outputs someone subscribes to); None when the frame ends here."""
         try:
-            rgb = decode(msg, self.max_input_pixels)
+            rgb = decode(msg, self.max_input_pixels, copy=False)  # a view of msg where it can be
         except ImageDecodeError as exc:
             self._count("invalid", f"invalid frame: {exc}")
             self.get_logger().warning(f"invalid frame dropped: {exc}", throttle_duration_sec=5.0)

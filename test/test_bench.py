@@ -108,16 +108,21 @@ def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint
     assert "| labels | 48x64 | predict |" in (tmp_path / "node.md").read_text()
 
 
-def test_node_bench_reads_stamps_from_serialized_outputs_and_checks_its_options(capsys):
+def test_node_bench_reads_and_writes_stamps_of_serialized_messages_and_checks_its_options(capsys):
     pytest.importorskip("rclpy")
-    from rclpy.serialization import serialize_message
+    from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image
 
-    from msseg_ros.bench_node import cdr_stamp
+    from msseg_ros.bench_node import cdr_stamp, set_cdr_stamp
 
     msg = Image(height=2, width=3, encoding="mono8", step=3, data=bytes(6))
     msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 1_000_123, 456, "camera"
-    assert cdr_stamp(serialize_message(msg)) == (1_000_123, 456)
+    data = bytearray(serialize_message(msg))
+    assert cdr_stamp(data) == (1_000_123, 456)
+    set_cdr_stamp(data, 1_000_124, 7)
+    back = deserialize_message(bytes(data), Image)
+    assert (back.header.stamp.sec, back.header.stamp.nanosec) == (1_000_124, 7)
+    assert back.header.frame_id == "camera" and back.data.tobytes() == bytes(6) and back.width == 3
     with pytest.raises(SystemExit) as info:
         bench.main(["node", "--modes", "rate", "--rate-outputs", "labels,depth"])
     assert info.value.code == 2 and "unknown" in capsys.readouterr().err

@@ -162,11 +162,11 @@ def test_failing_frames_are_counted_and_the_node_recovers(tiny_checkpoint, refer
         real_decode = node_mod.decode
         calls: list[int] = []
 
-        def decode(msg, max_pixels):
+        def decode(msg, max_pixels, **kwargs):
             calls.append(1)
             if len(calls) == 1:
                 raise MemoryError("cannot allocate 190 MB for a 8192x8192 frame")
-            return real_decode(msg, max_pixels)
+            return real_decode(msg, max_pixels, **kwargs)
 
         monkeypatch.setattr(node_mod, "decode", decode)
         mark = len(diagnostics)

@@ -59,6 +59,16 @@ def test_decoded_array_is_independent_of_the_message() -> None:
     assert out[0, 0, 0] == 7
 
 
+@pytest.mark.parametrize("padding", [0, 5])
+def test_rgb8_without_a_copy_is_a_view_only_where_rows_are_unpadded(padding: int) -> None:
+    """The node's hot path (copy=False): no 2 MB copy per frame; padded rows still come back compact."""
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    msg = image_in_encoding(rgb, "rgb8", padding=padding)
+    out = decode_image(msg, copy=False)
+    np.testing.assert_array_equal(out, rgb)
+    assert out.flags.c_contiguous and np.shares_memory(out, np.frombuffer(msg.data, np.uint8)) == (padding == 0)
+
+
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("padding", [0, 5])
 def test_mono8_replicated(size: tuple[int, int], padding: int) -> None:
