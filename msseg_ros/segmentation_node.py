@@ -398,12 +398,6 @@ class SegmentationNode(Node):
         self._count("errors", f"frame failed: {type(exc).__name__}: {_one_line(exc)}")
         self.get_logger().error(f"frame dropped, {type(exc).__name__}: {_one_line(exc)}", throttle_duration_sec=5.0)
 
-    def process_frame(self, msg: Image | CompressedImage, received_at: float) -> None:
-        """Segment and publish one frame in the calling thread (what the worker does unpipelined)."""
-        frame = self.segment_frame(msg, received_at)
-        if frame is not None:
-            self.publish_frame(frame)
-
     def segment_frame(self, msg: Image | CompressedImage, received_at: float) -> SegmentedFrame | None:
         """Decode and segment (only outputs someone subscribes to); None when the frame ends here."""
         try:
