@@ -587,6 +587,16 @@ class BagRecorder:
                 return missing
             time.sleep(0.1)
 
+    def wait_matched(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Until every subscription is matched with a publisher, so a recording's clock starts when
+        messages can flow (matching takes seconds on a loaded machine); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not all(sub.get_publisher_count() > 0 for sub in self.subscriptions):
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                return False
+            time.sleep(0.02)
+        return True
+
     def _subscribe(self, topic: str, msgtype: str) -> None:
         try:
             cls = ros_message_class(msgtype)
@@ -712,6 +722,7 @@ def record_bag(out: str, topics: Sequence[str], duration: float | None = None, s
         missing = recorder.discover(discovery_timeout, stop)
         if missing:
             ros.node.get_logger().warning(f"no publisher (type unknown) for {missing}; not recorded")
+        recorder.wait_matched(discovery_timeout, stop)
         end = time.monotonic() + duration if duration else None
         while not stop.is_set() and (end is None or time.monotonic() < end):
             if not recorder.pump():
