@@ -34,23 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from msseg_core.bench import latency_stats, synthetic_frames
+from msseg_core.bench import _sizes, _split, latency_stats, synthetic_frames
 from msseg_core.inference import OUTPUTS, Segmenter
 from msseg_ros.qos import apply_fastdds_profile
 
 log = logging.getLogger(__name__)
 STAMP_BASE = 1_000_000  # seconds; frame i has stamp (STAMP_BASE + i, 0)
 RATE_OUTPUTS = {"labels": ("labels",), "all": OUTPUTS}  # what the client subscribes to, per rate row
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _sizes(text: str) -> list[tuple[int, int]]:
-    from msseg_core.bench import _sizes as parse
-
-    return parse(text)
 
 
 class NodeProcess:
@@ -233,8 +223,10 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
             frames = synthetic_frames(8, *size)
             msgs = [bytearray(serialize_message(encode_image(f, "rgb8", Header(frame_id="camera")))) for f in frames]
 
-            def bare_call(frame, outputs=outputs):
-                return bare.predict(frame) if outputs == ("labels",) else bare.segment(frame, outputs)
+            labels_only = outputs == ("labels",)
+
+            def bare_call(frame, outputs=outputs, labels_only=labels_only):
+                return bare.predict(frame) if labels_only else bare.segment(frame, outputs)
 
             for f in frames[:3]:  # warm both up (first calls allocate); by then the node sees who subscribes
                 bare_call(f)
@@ -251,7 +243,7 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
                 fed.append(sent / args.phase_seconds)
             bare_hz, node_hz = bare_n / bare_s, node_n / node_s
             rows.append({"mode": "rate", "outputs": which, "frame_size": list(size),
-                         "bare_call": "predict" if outputs == ("labels",) else "segment",
+                         "bare_call": "predict" if labels_only else "segment",
                          "bare_rate_hz": round(bare_hz, 2), "node_rate_hz": round(node_hz, 2),
                          "fed_rate_hz": round(float(np.mean(fed)), 2), "node_frames": int(node_n),
                          "overhead_ratio": round(1.0 - node_hz / bare_hz, 4),
