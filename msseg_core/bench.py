@@ -463,13 +463,23 @@ def to_markdown(report: dict) -> str:
                          f"| {b['p99']:.2f} | {r['overhead_ms']:.2f} | {100 * r['overhead_ratio']:.1f}% "
                          f"| {r.get('backend', '')} |")
         if rate_rows:
-            lines += ["", "| outputs | frame | bare call | bare rate Hz | node rate Hz | fed Hz | node frames "
-                      "| overhead (1 - node / bare) |", "|" + "---|" * 8]
+            lines += ["", "| outputs | frame | bare call | bare rate Hz | bare pipelined Hz | node rate Hz | fed Hz "
+                      "| node frames | overhead (1 - node / bare) | vs bare pipelined | node CPU ms/frame "
+                      "(worker / publisher / other) | feeder CPU ms/frame |", "|" + "---|" * 12]
         for r in rate_rows:
             lines.append(f"| {r['outputs']} | {'x'.join(map(str, r['frame_size']))} | {r['bare_call']} "
-                         f"| {r['bare_rate_hz']:.1f} | {r['node_rate_hz']:.1f} | {r['fed_rate_hz']:.1f} "
-                         f"| {r['node_frames']} | {100 * r['overhead_ratio']:.1f}% |")
+                         f"| {r['bare_rate_hz']:.1f} | {r['bare_pipelined_rate_hz']:.1f} | {r['node_rate_hz']:.1f} "
+                         f"| {r['fed_rate_hz']:.1f} | {r['node_frames']} | {100 * r['overhead_ratio']:.1f}% "
+                         f"| {100 * r['overhead_vs_pipelined']:.1f}% | {_cpu_cell(r['node_cpu_ms_per_frame'])} "
+                         f"| {r['feeder_cpu_ms_per_frame']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_cell(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return "-"
+    return (f"{cpu['total']:.1f} ({cpu['msseg_worker']:.1f} / {cpu['msseg_publisher']:.1f} / "
+            f"{cpu['other']:.1f})")
 
 
 def _fmt(v) -> str:
@@ -564,8 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--rate-outputs", default="labels,all",
                    help="rate rows: labels (vs Segmenter.predict) and/or all five outputs (vs Segmenter.segment)")
     n.add_argument("--phase-seconds", type=float, default=5.0, help="rate: length of each bare / node phase")
-    n.add_argument("--rounds", type=int, default=3, help="rate: bare/node phase pairs per row")
-    n.add_argument("--feed-factor", type=float, default=1.25, help="rate: frames published per bare-rate frame")
+    n.add_argument("--rounds", type=int, default=3, help="rate: bare / bare pipelined / node phases per row")
+    n.add_argument("--feed-factor", type=float, default=1.25,
+                   help="rate: frames published per frame of the faster bare rate")
     n.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's outputs")
     n.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the node to come up")
     _common(n, iters=30, warmup=3, max_seconds=600.0)

@@ -14,6 +14,11 @@ Hot path, per frame (`segment`):
 - download: only the requested uint8 outputs (CUDA: packed into one copy through a reused pinned
   buffer). Returned arrays are never views of reused buffers: callers may keep them.
 
+Two stages, for pipelines: `run_network` (upload, preprocess, network) returns a `NetworkOutput` that
+owns its tensors, and `postprocess` turns it into the outputs. A caller with two threads runs the
+network on frame N+1 while frame N is post-processed (the ROS node does); `segment` is the two stages
+back to back. Each stage has its own buffers and lock, so the two may run at the same time.
+
 Threads: `threads` (default: the usable cores) sets PyTorch's process-wide intra-op pool and ONNX
 Runtime's. On a CPU shared with other busy processes fewer threads can be much faster (OpenMP
 barriers stall when a worker thread is descheduled); measure with `msseg-bench segmenter --threads`.
@@ -32,7 +37,9 @@ import os
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +139,23 @@ class _Buffers:
         return t
 
 
+@dataclass(frozen=True)
+class NetworkOutput:
+    """The network stage's result for N frames of one size, handed to `Segmenter.postprocess`.
+
+    Both tensors belong to this object (never a reused buffer), so the next frame's network may run
+    while this one is post-processed.
+    """
+
+    frames: torch.Tensor  # N x H x W x 3 uint8 on the device (the overlay blends it); CPU: the caller's array
+    logits: torch.Tensor  # N x C x h x w float32 at the network's resolution
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        n, h, w, _ = self.frames.shape
+        return (n, h, w)
+
+
 class Segmenter:
     """A trained network plus its metadata, ready to segment RGB frames.
 
@@ -191,8 +215,10 @@ class Segmenter:
         self._palette256[0, :min(256, self.num_classes)] = self.palette[:256]
         # CPU: full-resolution post-processing with OpenCV on class planes (see postprocess.py).
         self._cv2_post = self.device.type == "cpu"
-        self._bufs = _Buffers()
-        self._lock = threading.Lock()  # the buffers are shared: one frame at a time
+        self._bufs = _Buffers()  # network stage (upload, preprocess)
+        self._lock = threading.Lock()  # the network stage: one frame at a time
+        self._post_bufs = _Buffers()  # postprocess stage (upsample, argmax, download)
+        self._post_lock = threading.Lock()  # the postprocess stage, and the road classes it reads
         self._h2d_done: torch.cuda.Event | None = None
         self.set_road_classes(meta.road_classes)
 
@@ -343,10 +369,12 @@ class Segmenter:
         if unknown:
             raise ValueError(f"unknown road classes {unknown}; classes are {self.meta.class_names}")
         ids = torch.tensor([self.meta.class_names.index(n) for n in names], dtype=torch.long, device=self.device)
-        self.road_classes = names
-        self._road_ids = ids
-        self._road_lut = mask_lut(ids, self.num_classes)
-        self._road_lut_np = self._road_lut[:256].cpu().numpy()
+        lut = mask_lut(ids, self.num_classes)
+        with self._post_lock:  # a frame being post-processed sees the old classes or the new, never a mix
+            self.road_classes = names
+            self._road_ids = ids
+            self._road_lut = lut
+            self._road_lut_np = lut[:256].cpu().numpy()
 
     def describe(self) -> dict:
         """What runs: backend, providers, precision, threads, options (for logs and benchmarks)."""
@@ -361,16 +389,26 @@ class Segmenter:
         return info
 
     # -- device-side stages ------------------------------------------------------------------
-    def _upload(self, images: np.ndarray, key: tuple) -> torch.Tensor:
-        """N x H x W x 3 uint8 host -> the same on the device; CPU: a view, no copy."""
+    def _upload(self, images: np.ndarray, key: tuple, owned: bool = False) -> torch.Tensor:
+        """N x H x W x 3 uint8 host -> the same on the device; CPU: a view, no copy.
+
+        owned: a fresh device tensor instead of the reused one (a pipelined postprocess still reads it).
+        """
         images = np.ascontiguousarray(images)
         if self.device.type == "cpu":
+            if not images.flags.writeable:  # e.g. a view of a received message's bytes; never written here
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # PyTorch's "not writable" warning
+                    return torch.from_numpy(images)
             return torch.from_numpy(images)
         pinned = self._bufs.get(key, "pinned_in", images.shape, torch.uint8, torch.device("cpu"), pin=True)
         if self._h2d_done is not None:
             self._h2d_done.synchronize()  # the previous frame's copy has left the pinned buffer
         pinned.numpy()[...] = images
-        dev = self._bufs.get(key, "frame", images.shape, torch.uint8, self.device)
+        if owned:
+            dev = torch.empty(images.shape, dtype=torch.uint8, device=self.device)
+        else:
+            dev = self._bufs.get(key, "frame", images.shape, torch.uint8, self.device)
         dev.copy_(pinned, non_blocking=True)
         self._h2d_done = torch.cuda.Event()
         self._h2d_done.record()
@@ -401,7 +439,7 @@ class Segmenter:
             return logits
         if key is None:
             return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        out = self._bufs.get(key, "logits_up", (logits.shape[0], logits.shape[1], *size), torch.float32,
+        out = self._post_bufs.get(key, "logits_up", (logits.shape[0], logits.shape[1], *size), torch.float32,
                              self.device)
         return torch.ops.aten.upsample_bilinear2d.out(logits, list(size), False, None, None, out=out)
 
@@ -414,21 +452,34 @@ class Segmenter:
             out = self._upsample(logits, (h, w), None)
             return out.clone() if out is logits else out  # never hand out a backend's reused buffer
 
-    def _forward(self, images: np.ndarray, wanted: set[str], overlay_alpha: float = 0.5) -> dict[str, torch.Tensor]:
-        """N frames of one size -> requested outputs as N x ... uint8 tensors on the device (fresh)."""
-        n, h, w, _ = images.shape
-        key = (n, h, w)
-        frames = self._upload(images, key)
+    def _network_stage(self, images: np.ndarray, owned: bool) -> NetworkOutput:
+        """N frames of one size -> their logits at the network's resolution (caller holds `_lock`).
+
+        owned: the result may outlive the next call (pipelines); otherwise the logits may be a
+        backend's reused buffer, valid until the next network call.
+        """
+        key = images.shape[:3]
+        frames = self._upload(images, key, owned=owned)
         logits = self._network(self._preprocess(frames, key))
+        if owned:
+            logits = logits.clone(memory_format=torch.contiguous_format)
+        return NetworkOutput(frames, logits)
+
+    def _post_stage(self, net: NetworkOutput, wanted: set[str], overlay_alpha: float) -> dict[str, np.ndarray]:
+        """Logits -> the requested outputs as fresh N x ... uint8 host arrays (caller holds `_post_lock`)."""
+        key = net.key
+        n, h, w = key
         if self._cv2_post and cv2_postprocess_ok(self.num_classes, h, w):
-            return self._postprocess_cv2(frames, logits, wanted, overlay_alpha, key)
-        up = self._upsample(logits, (h, w), key)
+            return self._download(self._postprocess_cv2(net.frames, net.logits, wanted, overlay_alpha, key), key)
+        frames = net.frames
+        up = self._upsample(net.logits, (h, w), key)
         result: dict[str, torch.Tensor] = {}
-        values = self._bufs.get(key, "max", (n, h, w), torch.float32, self.device)
-        idx = self._bufs.get(key, "argmax", (n, h, w), torch.long, self.device)
+        values = self._post_bufs.get(key, "max", (n, h, w), torch.float32, self.device)
+        idx = self._post_bufs.get(key, "argmax", (n, h, w), torch.long, self.device)
         torch.max(up, 1, out=(values, idx))  # one pass: labels and, for confidence, the max logit
         if "confidence" in wanted:
-            result["confidence"] = confidence_from_max(up, values)  # consumes `up` in place
+            # consumes `up` in place: never the caller's logits (a frame at the network size has up == logits)
+            result["confidence"] = confidence_from_max(up if up is not net.logits else up.clone(), values)
         if "labels" in wanted:
             result["labels"] = idx.to(torch.uint8)
         if wanted & {"color_mask", "overlay"}:
@@ -439,19 +490,19 @@ class Segmenter:
                 result["overlay"] = blend(frames, color, overlay_alpha)
         if "road_mask" in wanted:
             result["road_mask"] = lookup(idx, self._road_lut)
-        return result
+        return self._download(result, key)
 
     def _postprocess_cv2(self, frames: torch.Tensor, logits: torch.Tensor, wanted: set[str], overlay_alpha: float,
                          key: tuple) -> dict[str, torch.Tensor]:
-        """The CPU twin of `_forward`'s tail: same outputs, OpenCV kernels on contiguous class planes."""
+        """The CPU twin of `_post_stage`'s tensor path: same outputs, OpenCV kernels on contiguous class planes."""
         import cv2
 
         n, h, w, _ = frames.shape
         lg = logits.contiguous().numpy()  # N x C x h x w (channels_last network outputs: a small copy)
         same_size = lg.shape[-2:] == (h, w)
-        planes_buf = None if same_size else self._bufs.get(key, "planes", (self.num_classes, h, w), torch.float32,
-                                                           self.device).numpy()
-        best, acc, tmp = (self._bufs.get(key, name, (h, w), torch.float32, self.device).numpy()
+        planes_buf = None if same_size else self._post_bufs.get(key, "planes", (self.num_classes, h, w),
+                                                                torch.float32, self.device).numpy()
+        best, acc, tmp = (self._post_bufs.get(key, name, (h, w), torch.float32, self.device).numpy()
                           for name in ("best", "acc", "tmp"))
         per_frame: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         for i in range(n):
@@ -477,7 +528,7 @@ class Segmenter:
         if self.device.type == "cpu" or not result:
             return {k: v.numpy() for k, v in result.items()}
         total = sum(v.numel() for v in result.values())
-        staging = self._bufs.get(key, "pinned_out", (total,), torch.uint8, torch.device("cpu"), pin=True)
+        staging = self._post_bufs.get(key, "pinned_out", (total,), torch.uint8, torch.device("cpu"), pin=True)
         return download_packed(result, staging)
 
     def _check_outputs(self, outputs: Iterable[str]) -> set[str]:
@@ -515,9 +566,35 @@ class Segmenter:
         """
         check_image(rgb)
         wanted = self._check_outputs(outputs)
+        with self._lock:  # held through the postprocess: the logits may be the backend's buffer
+            net = self._network_stage(rgb[None], owned=False)
+            with self._post_lock:
+                host = self._post_stage(net, wanted, overlay_alpha)
+        return {k: v[0] for k, v in host.items()}
+
+    @torch.inference_mode()
+    def run_network(self, rgb: np.ndarray) -> NetworkOutput:
+        """The first half of `segment`, for pipelines: H x W x 3 uint8 RGB -> logits it owns.
+
+        On the CPU the result keeps a reference to `rgb` (the overlay reads it): do not overwrite it
+        before `postprocess`.
+        """
+        check_image(rgb)
         with self._lock:
-            result = self._forward(rgb[None], wanted, overlay_alpha)
-            host = self._download(result, (1, *rgb.shape[:2]))
+            return self._network_stage(rgb[None], owned=True)
+
+    @torch.inference_mode()
+    def postprocess(self, net: NetworkOutput, outputs: Iterable[str] = OUTPUTS,
+                    overlay_alpha: float = 0.5) -> dict[str, np.ndarray]:
+        """The second half of `segment`: a `run_network` result -> the requested outputs of its one frame.
+
+        May run in another thread while `run_network` works on the next frame.
+        """
+        if net.frames.shape[0] != 1:
+            raise ValueError(f"postprocess takes the result of run_network (one frame), got {net.frames.shape[0]}")
+        wanted = self._check_outputs(outputs)
+        with self._post_lock:
+            host = self._post_stage(net, wanted, overlay_alpha)
         return {k: v[0] for k, v in host.items()}
 
     @torch.inference_mode()
@@ -531,10 +608,11 @@ class Segmenter:
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             by_size.setdefault(im.shape[:2], []).append(i)
-        for (h, w), idx in by_size.items():
+        for idx in by_size.values():
             with self._lock:
-                result = self._forward(np.stack([images[i] for i in idx]), wanted, overlay_alpha)
-                host = self._download(result, (len(idx), h, w))
+                net = self._network_stage(np.stack([images[i] for i in idx]), owned=False)
+                with self._post_lock:
+                    host = self._post_stage(net, wanted, overlay_alpha)
             for j, i in enumerate(idx):
                 out[i] = {k: v[j] for k, v in host.items()}
         return out  # type: ignore[return-value]

@@ -24,7 +24,6 @@ import json
 import os
 import queue
 import re
-import struct
 import subprocess
 import sys
 import threading
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from msseg_ros.cdr import cdr_restamp, cdr_stamp, typestore
 
 BAG_VERSION = 8
 """rosbag2 metadata version written: 8 is what Jazzy's rosbag2 writes and reads (and later releases read)."""
@@ -63,19 +64,6 @@ MSSEG_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sens
                "nav_msgs/msg/OccupancyGrid", "diagnostic_msgs/msg/DiagnosticArray")
 """The types msseg publishes or consumes; `record` and `play` also take any other importable type."""
 
-_TYPESTORE = None
-
-
-def typestore():
-    """The ROS 2 Jazzy typestore (built once: it parses every message definition)."""
-    global _TYPESTORE
-    if _TYPESTORE is None:
-        from rosbags.typesys import Stores, get_typestore
-
-        _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-    return _TYPESTORE
-
-
 def storage_plugin(name: str):
     from rosbags.rosbag2 import StoragePlugin
 
@@ -89,22 +77,6 @@ def storage_plugin(name: str):
 def stamp_ns(stamp: Any) -> int:
     """builtin_interfaces/Time (rclpy or rosbags) -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def cdr_stamp(raw: bytes | memoryview) -> int:
-    """Header stamp (ns) of a serialised header-first message, read from the CDR bytes directly."""
-    little = raw[1] & 1
-    sec, nsec = struct.unpack_from("<iI" if little else ">iI", raw, 4)
-    return sec * 1_000_000_000 + nsec
-
-
-def cdr_restamp(raw: bytes | memoryview, new_stamp_ns: int) -> bytes:
-    """A copy of a serialised header-first message with its header stamp replaced."""
-    out = bytearray(raw)
-    little = out[1] & 1
-    sec, nsec = divmod(int(new_stamp_ns), 1_000_000_000)
-    struct.pack_into("<iI" if little else ">iI", out, 4, sec, nsec)
-    return bytes(out)
 
 
 def mono8_array(msg: Any) -> np.ndarray:

@@ -12,11 +12,16 @@ lockstep  latency. This process publishes one frame, waits until all five output
           overhead = median(node) - median(bare);  overhead_ratio = overhead / median(bare).
 rate      throughput, what a camera faster than the model gets. Phases of `--phase-seconds` alternate:
           the bare Segmenter back to back (`predict` for the labels alone, `segment` for all five
-          outputs), then the node fed at `--feed-factor` x that bare rate (it keeps the newest frame,
-          drops the rest) while this process counts the frames whose every subscribed output came
-          back. overhead_ratio = 1 - node rate / bare rate. Frames are sent and outputs received as
-          serialized bytes (only the stamp is written and read), so the cost of this process's own
-          message conversions does not slow the node it measures on a machine with few cores.
+          outputs); the bare Segmenter as the pipelined node runs it (one thread `run_network`,
+          another `postprocess`, one-slot handoff); then the node fed at `--feed-factor` x the faster
+          of the two bare rates (it keeps the newest frame, drops the rest) while this process counts
+          the frames whose every subscribed output came back.
+          overhead_ratio = 1 - node rate / bare rate (the issue's figure: the node against one
+          thread calling the library); overhead_vs_pipelined = 1 - node rate / bare pipelined rate
+          (what DDS and the node cost on top of the same two-thread pipeline). Frames are sent and
+          outputs received as serialized bytes (only the stamp is written and read), so the cost of
+          this process's own message conversions does not slow the node it measures on a machine
+          with few cores.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,10 +42,12 @@ import numpy as np
 
 from msseg_core.bench import _sizes, _split, latency_stats, synthetic_frames
 from msseg_core.inference import OUTPUTS, Segmenter
+from msseg_ros.cdr import cdr_stamp, set_cdr_stamp
 from msseg_ros.qos import apply_fastdds_profile
 
 log = logging.getLogger(__name__)
 STAMP_BASE = 1_000_000  # seconds; frame i has stamp (STAMP_BASE + i, 0)
+NS = 1_000_000_000
 RATE_OUTPUTS = {"labels": ("labels",), "all": OUTPUTS}  # what the client subscribes to, per rate row
 
 
@@ -61,6 +69,25 @@ class NodeProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds of the node process so far, in all ("total") and per named thread
+        (msseg_worker, msseg_publisher; the rest under "other"). Linux /proc; {} elsewhere."""
+        out = {"total": 0.0, "msseg_worker": 0.0, "msseg_publisher": 0.0, "other": 0.0}
+        try:
+            tasks = list(Path(f"/proc/{self.proc.pid}/task").iterdir())
+        except OSError:
+            return {}
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out["total"] += secs
+            out[name if name in out else "other"] += secs
+        return out
 
     def tail(self, n: int = 15) -> str:
         try:
@@ -180,20 +207,6 @@ def run(args: argparse.Namespace) -> dict:
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
 
 
-def _cdr_stamp_format(data: bytes | bytearray) -> str:
-    return "<iI" if data[1] & 1 else ">iI"  # CDR encapsulation kind: odd = little endian
-
-
-def cdr_stamp(data: bytes) -> tuple[int, int]:
-    """(sec, nanosec) of a serialized std_msgs/Header-first message: CDR, after the 4-byte encapsulation."""
-    return struct.unpack_from(_cdr_stamp_format(data), data, 4)
-
-
-def set_cdr_stamp(data: bytearray, sec: int, nanosec: int = 0) -> None:
-    """Write the stamp of a serialized Header-first message in place (cdr_stamp's inverse)."""
-    struct.pack_into(_cdr_stamp_format(data), data, 4, sec, nanosec)
-
-
 def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, namespace: str) -> list[dict]:
     """The `rate` measurement of the module docstring, for each output set and frame size."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -212,7 +225,7 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
 
         def callback(name):
             def cb(data: bytes) -> None:
-                arrivals.setdefault(cdr_stamp(data)[0], {})[name] = time.perf_counter()
+                arrivals.setdefault(cdr_stamp(data) // NS, {})[name] = time.perf_counter()
 
             return cb
 
@@ -231,25 +244,40 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
             for f in frames[:3]:  # warm both up (first calls allocate); by then the node sees who subscribes
                 bare_call(f)
             _feed(rclpy, client, pub, msgs, stamp, 20.0, 2.0, arrivals, outputs, proc)
-            bare_n = bare_s = node_n = node_s = 0.0
+            _pipelined_phase(bare, frames[:3], outputs, 0.0)  # warm the two-stage path too
+            bare_n = bare_s = pipe_n = pipe_s = node_n = node_s = feeder_cpu = 0.0
+            node_cpu: dict[str, float] = {}
             fed = []
             for _ in range(args.rounds):
                 n, secs = _bare_phase(bare_call, frames, args.phase_seconds)
                 bare_n, bare_s = bare_n + n, bare_s + secs
-                feed_hz = args.feed_factor * bare_n / bare_s
+                n, secs = _pipelined_phase(bare, frames, outputs, args.phase_seconds)
+                pipe_n, pipe_s = pipe_n + n, pipe_s + secs
+                feed_hz = args.feed_factor * max(bare_n / bare_s, pipe_n / pipe_s)
+                cpu0 = (proc.cpu_seconds(), time.process_time())
                 n, secs, sent = _feed(rclpy, client, pub, msgs, stamp, feed_hz, args.phase_seconds, arrivals,
                                       outputs, proc)
+                for key, used in proc.cpu_seconds().items():
+                    node_cpu[key] = node_cpu.get(key, 0.0) + used - cpu0[0].get(key, 0.0)
+                feeder_cpu += time.process_time() - cpu0[1]
                 node_n, node_s = node_n + n, node_s + secs
                 fed.append(sent / args.phase_seconds)
-            bare_hz, node_hz = bare_n / bare_s, node_n / node_s
+            bare_hz, pipe_hz, node_hz = bare_n / bare_s, pipe_n / pipe_s, node_n / node_s
             rows.append({"mode": "rate", "outputs": which, "frame_size": list(size),
                          "bare_call": "predict" if labels_only else "segment",
-                         "bare_rate_hz": round(bare_hz, 2), "node_rate_hz": round(node_hz, 2),
+                         "bare_rate_hz": round(bare_hz, 2), "bare_pipelined_rate_hz": round(pipe_hz, 2),
+                         "node_rate_hz": round(node_hz, 2),
                          "fed_rate_hz": round(float(np.mean(fed)), 2), "node_frames": int(node_n),
                          "overhead_ratio": round(1.0 - node_hz / bare_hz, 4),
+                         "overhead_vs_pipelined": round(1.0 - node_hz / pipe_hz, 4),
+                         # CPU during the node phases (whole phases, drain included), per answered frame:
+                         # how much of the machine the node and this feeding process took.
+                         "node_cpu_ms_per_frame": {k: round(1e3 * v / max(node_n, 1), 2) for k, v in node_cpu.items()},
+                         "feeder_cpu_ms_per_frame": round(1e3 * feeder_cpu / max(node_n, 1), 2),
                          "rounds": args.rounds, "phase_seconds": args.phase_seconds})
-            log.info("node rate %s %s: node %.1f Hz, bare %.1f Hz, overhead %.1f%%", which, size, node_hz, bare_hz,
-                     100 * rows[-1]["overhead_ratio"])
+            log.info("node rate %s %s: node %.1f Hz, bare %.1f Hz (overhead %.1f%%), bare pipelined %.1f Hz "
+                     "(overhead %.1f%%)", which, size, node_hz, bare_hz, 100 * rows[-1]["overhead_ratio"], pipe_hz,
+                     100 * rows[-1]["overhead_vs_pipelined"])
         for sub in subs:
             client.destroy_subscription(sub)
     return rows
@@ -266,6 +294,29 @@ def _bare_phase(call, frames, seconds: float) -> tuple[int, float]:
             return n, elapsed
 
 
+def _pipelined_phase(seg: Segmenter, frames, outputs, seconds: float) -> tuple[int, float]:
+    """The node's two-stage pipeline without the node: this thread runs the network, a second one
+    post-processes, through a one-slot queue. (frames completed, elapsed); at least one frame."""
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    done = [0]
+
+    def post() -> None:
+        while (net := handoff.get()) is not None:
+            seg.postprocess(net, outputs)
+            done[0] += 1
+
+    worker = threading.Thread(target=post, name="bench_postprocess")
+    t0 = time.perf_counter()
+    worker.start()
+    n = 0
+    while n == 0 or time.perf_counter() - t0 < seconds:
+        handoff.put(seg.run_network(frames[n % len(frames)]))
+        n += 1
+    handoff.put(None)
+    worker.join()
+    return done[0], time.perf_counter() - t0
+
+
 def _feed(rclpy, client, pub, msgs: list[bytearray], stamp: list[int], rate_hz: float, seconds: float,
           arrivals: dict[int, dict[str, float]], outputs, proc: NodeProcess) -> tuple[int, float, int]:
     """Publish at `rate_hz` for `seconds`; (frames answered on every output in the window, window, sent).
@@ -280,7 +331,7 @@ def _feed(rclpy, client, pub, msgs: list[bytearray], stamp: list[int], rate_hz: 
     while (now := time.perf_counter()) < end:
         if now >= next_t:
             msg = msgs[sent % len(msgs)]
-            set_cdr_stamp(msg, stamp[0])
+            set_cdr_stamp(msg, stamp[0] * NS)
             stamp[0] += 1
             pub.publish(bytes(msg))
             sent += 1

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from msseg_ros.cdr import cdr_stamp
+
 OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
 NAMESPACE = "/msseg"
 IMAGE_TOPIC = "/camera/image_raw"
@@ -178,14 +180,6 @@ def child_env(base: dict[str, str] | None = None) -> tuple[dict[str, str], str |
 
 
 # -- collection ----------------------------------------------------------------------------------
-def cdr_stamp_ns(raw: bytes) -> int:
-    """Header stamp of a serialized message whose first field is a std_msgs/Header (CDR, either byte order)."""
-    order = "little" if raw[1] == 1 else "big"
-    sec = int.from_bytes(raw[4:8], order, signed=True)
-    nsec = int.from_bytes(raw[8:12], order)
-    return sec * 1_000_000_000 + nsec
-
-
 @dataclass
 class Collector:
     """Everything the demo receives: raw messages for the bag, and per input stamp what arrived when."""
@@ -202,7 +196,7 @@ class Collector:
         self.messages.append((topic, now, raw))
         if name in ("road_grid", "camera_info"):
             return
-        stamp = cdr_stamp_ns(raw)
+        stamp = cdr_stamp(raw)
         entry = self.frames.setdefault(stamp, {})
         entry[name] = raw
         if name == "image":

@@ -19,6 +19,10 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from msseg_ros import cdr
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Default limit on width x height; a corrupt header must not make us allocate gigabytes."""
 
@@ -186,13 +190,33 @@ def decode_compressed(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def decode(msg: Image | CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS, copy: bool = True) -> np.ndarray:
-    """Either message type -> H x W x 3 uint8 RGB (copy: see decode_image)."""
-    if isinstance(msg, CompressedImage):
+def decode(msg: Image | CompressedImage | Any, max_pixels: int = DEFAULT_MAX_PIXELS, copy: bool = True) -> np.ndarray:
+    """Either message type, from rclpy or from `rosbags` -> H x W x 3 uint8 RGB (copy: see decode_image)."""
+    msgtype = getattr(msg, "__msgtype__", None)  # rosbags messages: bags, serialized input
+    if isinstance(msg, CompressedImage) or msgtype == COMPRESSED_TYPE:
         return decode_compressed(msg, max_pixels)
-    if isinstance(msg, Image):
+    if isinstance(msg, Image) or msgtype == IMAGE_TYPE:
         return decode_image(msg, max_pixels, copy)
-    raise ImageDecodeError(f"not an image message: {type(msg).__name__}")
+    raise ImageDecodeError(f"not an image message: {msgtype or type(msg).__name__}")
+
+
+def decode_serialized(raw: bytes, msgtype: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      copy: bool = True) -> tuple[Header, np.ndarray]:
+    """A serialized Image or CompressedImage (what a raw subscription delivers) -> (its header, RGB).
+
+    The node subscribes raw so that a frame it drops costs no deserialization (see cdr.py); only the
+    frame it processes is deserialized, here. Malformed bytes are an ImageDecodeError like any bad frame.
+    """
+    if msgtype not in (IMAGE_TYPE, COMPRESSED_TYPE):
+        raise ValueError(f"msgtype must be {IMAGE_TYPE} or {COMPRESSED_TYPE}, got {msgtype!r}")
+    try:
+        msg = cdr.deserialize(memoryview(raw), msgtype)  # pixel data: a read-only view of `raw`, no copy
+    except Exception as exc:  # the deserializer raises struct, index, unicode or value errors on garbage
+        raise ImageDecodeError(f"malformed {msgtype} message ({len(raw)} bytes): {type(exc).__name__}: "
+                               f"{exc}") from None
+    stamp = msg.header.stamp
+    header = Header(stamp=Time(sec=stamp.sec, nanosec=stamp.nanosec), frame_id=msg.header.frame_id)
+    return header, decode(msg, max_pixels, copy)
 
 
 # -- encoding ----------------------------------------------------------------------------------

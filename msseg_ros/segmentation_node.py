@@ -2,15 +2,18 @@
 
 A thin layer over `msseg_core.inference.Segmenter`: it owns parameters, QoS, a latest-frame worker,
 publishers and diagnostics, and no image maths (decoding lives in `image_codec`, everything else in
-`Segmenter`). The subscription callback only drops the message into a one-slot mailbox; a worker
-thread takes the newest frame, so a slow network never builds a queue: a frame that is replaced
-before the worker gets to it is counted as dropped. Every output carries the input's header and the
-input's resolution. Run `segmentation_node --ros-args -p checkpoint:=model.safetensors`.
+`Segmenter`). The image subscription is raw: its callback only drops the serialized message into a
+one-slot mailbox; a worker thread takes the newest frame and deserializes it (`rosbags`, see cdr.py),
+so a slow network never builds a queue and a frame that is replaced before the worker gets to it is
+counted as dropped, having cost no more than a copy of its bytes. Every output carries the input's
+header and the input's resolution. Run `segmentation_node --ros-args -p checkpoint:=model.safetensors`.
 
-Two threads form a pipeline (parameter `pipelined`, default on): the worker decodes and segments
-frame N+1 while a publisher thread encodes and publishes frame N, handed over through a one-slot
-queue that the worker waits on. Where a core is free, the network and the message handling then
-cost max(a, b) per frame instead of a + b; a frame's latency is the same.
+Two threads form a pipeline (parameter `pipelined`, default on): the worker decodes frame N+1 and
+runs the network on it (`Segmenter.run_network`) while a publisher thread post-processes frame N at
+full resolution (`Segmenter.postprocess`: upsampling, argmax, colours, masks), encodes and publishes
+it; they hand over through a one-slot queue that the worker waits on. Where a core is free, a frame
+then costs max(network, postprocess + messages) instead of the sum; a frame's latency is the same.
+Unpipelined, the worker does both halves itself.
 """
 
 from __future__ import annotations
@@ -44,8 +47,15 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from msseg_core.checkpoint import CheckpointError, default_checkpoint, load_meta
-from msseg_core.inference import BACKENDS, OUTPUTS, PRECISIONS, Segmenter, resolve_device
-from msseg_ros.image_codec import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, encode_image
+from msseg_core.inference import BACKENDS, OUTPUTS, PRECISIONS, NetworkOutput, Segmenter, resolve_device
+from msseg_ros.image_codec import (
+    COMPRESSED_TYPE,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_TYPE,
+    ImageDecodeError,
+    decode_serialized,
+    encode_image,
+)
 from msseg_ros.qos import apply_fastdds_profile, diagnostics_qos, input_qos, output_qos
 from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, ROAD_GRID_TOPIC, RoadGridBuilder, declare_road_grid_parameters
 
@@ -117,15 +127,27 @@ class FrameCounters:
 
 
 @dataclass
-class SegmentedFrame:
-    """One frame's outputs on their way from the worker to the publisher thread."""
+class InferredFrame:
+    """One frame on its way from the worker (network) to the publisher (postprocess, publish)."""
 
     header: Header
-    result: dict[str, np.ndarray]  # fresh arrays (Segmenter.segment), owned by this frame
-    wanted: list[str]  # outputs with subscribers when the frame was segmented
+    net: NetworkOutput  # logits owned by this frame (Segmenter.run_network); keeps the decoded frame alive
+    compute: set[str]  # outputs to post-process: the wanted ones and what the road mask needs
+    wanted: list[str]  # outputs with subscribers when the frame was taken
     grid_wanted: bool
     received_at: float
-    inference_s: float
+    network_s: float
+
+
+def name_os_thread() -> None:
+    """Give the calling thread its Python name at the OS level too (Linux, 15 characters), so that
+    `top -H`, `ps -L` and /proc/<pid>/task show msseg_worker and msseg_publisher and their CPU."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):  # not Linux: a cosmetic loss only
+        pass
 
 
 def _descriptor(description: str, ptype: int, read_only: bool = False, constraints: str = "",
@@ -153,15 +175,15 @@ class SegmentationNode(Node):
         self.counters = FrameCounters()
         self.camera_info: CameraInfo | None = None  # latest, for outputs that need the camera model
         self._counters_lock = threading.Lock()
-        self._segment_lock = threading.Lock()  # run-time parameter changes vs. the worker
-        self._mailbox: LatestMailbox[tuple[Image | CompressedImage, float]] = LatestMailbox()
+        self._segment_lock = threading.Lock()  # run-time parameter changes vs. postprocessing
+        self._mailbox: LatestMailbox[tuple[bytes, float]] = LatestMailbox()  # serialized frame, arrival
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._inference_times: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_problem = ""
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._publisher: threading.Thread | None = None
-        self._outbox: queue.Queue[SegmentedFrame] = queue.Queue(maxsize=1)  # worker -> publisher
+        self._outbox: queue.Queue[InferredFrame] = queue.Queue(maxsize=1)  # worker -> publisher
         try:
             self._configure()
         except ConfigError:
@@ -207,8 +229,9 @@ class SegmentationNode(Node):
             "Frames with more pixels (width x height) are rejected and counted as invalid", p.INTEGER,
             read_only=True, integer_range=[IntegerRange(from_value=1, to_value=2**31 - 1, step=1)]))
         self.pipelined = bool(self._declare("pipelined", True, _descriptor(
-            "Publish frame N from a second thread while the network runs on frame N+1 (rate: max instead of "
-            "sum of the two stages; same latency). false = one thread does both", p.BOOL, read_only=True)))
+            "Post-process and publish frame N in a second thread while the network runs on frame N+1 (rate: "
+            "max instead of sum of the two stages; same latency). false = one thread does both", p.BOOL,
+            read_only=True)))
         self.overlay_alpha = float(self._declare("overlay_alpha", 0.5, _descriptor(
             "Weight of the class colours in `overlay` (0 = frame only, 1 = colours only); changeable at run time",
             p.DOUBLE, floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)])))
@@ -258,12 +281,15 @@ class SegmentationNode(Node):
             p.STRING_ARRAY, read_only=True), ignore_override=True)
 
         qos_options = QoSOverridingOptions.with_default_policies
+        # raw=True: frames arrive serialized and only the one the worker takes is deserialized (cdr.py).
         if transport == "compressed":
+            self._input_type = COMPRESSED_TYPE
             self.image_sub = self.create_subscription(CompressedImage, "image/compressed", self.image_callback,
-                                                      input_qos(), qos_overriding_options=qos_options())
+                                                      input_qos(), qos_overriding_options=qos_options(), raw=True)
         else:
+            self._input_type = IMAGE_TYPE
             self.image_sub = self.create_subscription(Image, "image", self.image_callback, input_qos(),
-                                                      qos_overriding_options=qos_options())
+                                                      qos_overriding_options=qos_options(), raw=True)
         self.camera_info_sub = self.create_subscription(CameraInfo, "camera_info", self.camera_info_callback,
                                                         input_qos(), qos_overriding_options=qos_options())
         self.output_pubs = {name: self.create_publisher(Image, name, output_qos(), qos_overriding_options=qos_options())
@@ -328,7 +354,7 @@ class SegmentationNode(Node):
         return SetParametersResult(successful=True)
 
     def apply_parameters_callback(self, params: list[Parameter]) -> None:
-        """Apply values that passed validation; the worker sees them from its next frame."""
+        """Apply values that passed validation; they hold from the next frame to be post-processed."""
         with self._segment_lock:
             for param in params:
                 if param.name == "road_classes":
@@ -343,8 +369,9 @@ class SegmentationNode(Node):
                 self.get_logger().info(f"road parameters: {road_updates}")
 
     # -- callbacks -----------------------------------------------------------------------------
-    def image_callback(self, msg: Image | CompressedImage) -> None:
-        """Only store the frame: the worker takes the newest one when it is free."""
+    def image_callback(self, msg: bytes) -> None:
+        """Only store the serialized frame: the worker takes the newest one when it is free and
+        deserializes it then, so a frame replaced before that costs no more than its bytes."""
         with self._counters_lock:  # counted before the worker can see it: pending never goes negative
             self.counters.received += 1
         if self._mailbox.put((msg, time.monotonic())):
@@ -356,13 +383,14 @@ class SegmentationNode(Node):
 
     # -- the worker ----------------------------------------------------------------------------
     def _worker_loop(self) -> None:
-        """Newest frame -> segmented outputs -> the publisher thread (or publish here, unpipelined)."""
+        """Newest frame -> network -> the publisher thread (or postprocess and publish here, unpipelined)."""
+        name_os_thread()
         while not self._stop.is_set():
             item = self._mailbox.take(timeout=0.5)
             if item is None:
                 continue
             try:
-                frame = self.segment_frame(*item)
+                frame = self.infer_frame(*item)
                 if frame is not None:
                     self._hand_over(frame)
             except Exception as exc:  # e.g. MemoryError decoding a frame: lose that frame, never the worker
@@ -370,7 +398,7 @@ class SegmentationNode(Node):
                     return
                 self._frame_failed(exc)
 
-    def _hand_over(self, frame: SegmentedFrame) -> None:
+    def _hand_over(self, frame: InferredFrame) -> None:
         if not self.pipelined:
             self.publish_frame(frame)
             return
@@ -382,6 +410,7 @@ class SegmentationNode(Node):
                 continue
 
     def _publisher_loop(self) -> None:
+        name_os_thread()
         while not self._stop.is_set():
             try:
                 frame = self._outbox.get(timeout=0.5)
@@ -398,10 +427,19 @@ class SegmentationNode(Node):
         self._count("errors", f"frame failed: {type(exc).__name__}: {_one_line(exc)}")
         self.get_logger().error(f"frame dropped, {type(exc).__name__}: {_one_line(exc)}", throttle_duration_sec=5.0)
 
-    def segment_frame(self, msg: Image | CompressedImage, received_at: float) -> SegmentedFrame | None:
-        """Decode and segment (only outputs someone subscribes to); None when the frame ends here."""
-        try:
-            rgb = decode(msg, self.max_input_pixels, copy=False)  # a view of msg where it can be
+    def _inference_failed(self, exc: Exception) -> None:
+        """E.g. CUDA out of memory in the network or the full-resolution postprocess: lose this frame only."""
+        if not self.context.ok():  # shutting down, nothing to report
+            return
+        self._recover_from(exc)
+        self._count("errors", f"inference failed: {type(exc).__name__}: {_one_line(exc)}")
+        self.get_logger().error(f"frame dropped, inference failed: {type(exc).__name__}: {_one_line(exc)}",
+                                throttle_duration_sec=5.0)
+
+    def infer_frame(self, raw: bytes, received_at: float) -> InferredFrame | None:
+        """Decode and run the network (for the outputs someone subscribes to); None when the frame ends here."""
+        try:  # rgb8: a view of the deserialized message's buffer, no copy
+            header, rgb = decode_serialized(raw, self._input_type, self.max_input_pixels, copy=False)
         except ImageDecodeError as exc:
             self._count("invalid", f"invalid frame: {exc}")
             self.get_logger().warning(f"invalid frame dropped: {exc}", throttle_duration_sec=5.0)
@@ -418,24 +456,26 @@ class SegmentationNode(Node):
             return None
         try:
             t0 = time.monotonic()
-            with self._segment_lock:
-                result = self.segmenter.segment(rgb, compute, overlay_alpha=self.overlay_alpha)
-            inference_s = time.monotonic() - t0
-        except Exception as exc:  # e.g. CUDA out of memory: lose this frame, keep the node running
-            if not self.context.ok():  # shutting down, nothing to report
-                return None
-            self._recover_from(exc)
-            self._count("errors", f"inference failed: {type(exc).__name__}: {_one_line(exc)}")
-            self.get_logger().error(f"frame dropped, inference failed: {type(exc).__name__}: {_one_line(exc)}",
-                                    throttle_duration_sec=5.0)
+            net = self.segmenter.run_network(rgb)
+        except Exception as exc:
+            self._inference_failed(exc)
             return None
-        return SegmentedFrame(msg.header, result, wanted, grid_wanted, received_at, inference_s)
+        return InferredFrame(header, net, compute, wanted, grid_wanted, received_at, time.monotonic() - t0)
 
-    def publish_frame(self, frame: SegmentedFrame) -> None:
-        """Refine the road mask, then every wanted output (and the road grid) with the input's header."""
-        header, result = frame.header, frame.result
-        if "road_mask" in result:  # here, not in the worker: the image work is split evenly between threads
-            result["road_mask"] = self.road_grid.refine(result["road_mask"], result.get("confidence"))
+    def publish_frame(self, frame: InferredFrame) -> None:
+        """Postprocess, refine the road mask, then publish every wanted output (and the road grid) with
+        the input's header."""
+        header = frame.header
+        with self._segment_lock:  # one consistent set of run-time parameters per frame
+            t0 = time.monotonic()
+            try:
+                result = self.segmenter.postprocess(frame.net, frame.compute, overlay_alpha=self.overlay_alpha)
+            except Exception as exc:
+                self._inference_failed(exc)
+                return
+            inference_s = frame.network_s + time.monotonic() - t0
+            if "road_mask" in result:
+                result["road_mask"] = self.road_grid.refine(result["road_mask"], result.get("confidence"))
         for name in frame.wanted:
             self.output_pubs[name].publish(encode_image(result[name], OUTPUT_ENCODINGS[name], header))
         if frame.grid_wanted:
@@ -450,7 +490,7 @@ class SegmentationNode(Node):
             for name in frame.wanted:
                 self.counters.published[name] += 1
             self._latencies.append(time.monotonic() - frame.received_at)
-            self._inference_times.append(frame.inference_s)
+            self._inference_times.append(inference_s)
 
     def _recover_from(self, exc: Exception) -> None:
         """After a CUDA out-of-memory error give the cached blocks back, so the next frame can fit."""

@@ -6,6 +6,8 @@ CUDA-only paths (pinned upload, graphs) share every tensor operation tested here
 """
 
 import logging
+import queue
+import threading
 
 import cv2
 import numpy as np
@@ -157,6 +159,38 @@ def test_onnxruntime_and_torch_backends_give_the_same_labels(segmenters):
     for la, lb in zip(a.predict_batch(images), b.predict_batch(images), strict=True):
         assert (la == lb).mean() >= 0.999
     np.testing.assert_allclose(a.probabilities(images[1]), b.probabilities(images[1]), atol=1e-4)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["-".join(p) for p in PATHS])
+def test_run_network_and_postprocess_in_two_threads_give_segments_outputs(segmenters, path, monkeypatch):
+    """The node's pipeline: the network runs on frame N+1 while frame N is post-processed in another
+    thread. ONNX Runtime writes every result into one reused buffer, so this fails unless
+    run_network's result owns its logits."""
+    seg = segmenters[path[0]]
+    monkeypatch.setattr(seg, "_cv2_post", path[1] == "cv2")
+    images = [frame(60, 80, 20 + i) for i in range(6)] + [frame(*seg.input_size, seed=30)]
+    expected = [seg.segment(im, OUTPUTS, overlay_alpha=0.4) for im in images]
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    got: list[dict] = []
+    post = threading.Thread(target=lambda: got.extend(seg.postprocess(handoff.get(), OUTPUTS, overlay_alpha=0.4)
+                                                      for _ in images))
+    post.start()
+    for im in images:
+        handoff.put(seg.run_network(im))
+    post.join(timeout=60)
+    assert len(got) == len(images)
+    for want, have in zip(expected, got, strict=True):
+        for key in OUTPUTS:
+            np.testing.assert_array_equal(have[key], want[key], err_msg=key)
+    # A result outlives later network calls and can be post-processed more than once (a frame at the
+    # network's own size: no upsampling, the logits are used directly).
+    held = seg.run_network(images[-1])
+    for im in images[:3]:
+        seg.run_network(im)
+    for _ in range(2):
+        again = seg.postprocess(held, OUTPUTS, overlay_alpha=0.4)
+        for key in OUTPUTS:
+            np.testing.assert_array_equal(again[key], expected[-1][key], err_msg=key)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=["-".join(p) for p in PATHS])

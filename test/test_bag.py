@@ -191,18 +191,6 @@ def test_eval_counts_frames_without_ground_truth(tmp_path: Path, mcap_bag: Path,
     assert bag.main(["eval", "--bag", str(mcap_bag), "--image-topic", "/nope"]) == 2
 
 
-def test_cdr_stamp_helpers() -> None:
-    from rclpy.serialization import deserialize_message, serialize_message
-    from sensor_msgs.msg import CameraInfo
-
-    msg = CameraInfo()
-    msg.header.stamp.sec, msg.header.stamp.nanosec, msg.width = 1_700_000_123, 456_789, 64
-    raw = serialize_message(msg)
-    assert bag.cdr_stamp(raw) == 1_700_000_123_000_456_789
-    back = deserialize_message(bag.cdr_restamp(raw, 42_000_000_007), CameraInfo)
-    assert (back.header.stamp.sec, back.header.stamp.nanosec, back.width) == (42, 7, 64)
-
-
 def test_mono8_array_honours_step() -> None:
     from sensor_msgs.msg import Image
 

@@ -108,15 +108,22 @@ def test_failing_frames_are_counted_and_the_node_recovers(tiny_checkpoint, refer
         seg = node.node
         diagnostics = DiagnosticsLog(client, seg.get_fully_qualified_name())
         client.wait_until_served()
-        real_segment = seg.segmenter.segment
+        # Failures are injected into both halves of inference: the network (worker thread) and the
+        # full-resolution postprocess (publisher thread), alternating frame by frame.
+        real = {name: getattr(seg.segmenter, name) for name in ("run_network", "postprocess")}
         failures: list[BaseException] = []
+        stage_of_next_failure = ["run_network"]
 
-        def segment(*args, **kwargs):
-            if failures:
-                raise failures.pop(0)
-            return real_segment(*args, **kwargs)
+        def failing(name):
+            def call(*args, **kwargs):
+                if failures and stage_of_next_failure[0] == name:
+                    stage_of_next_failure[0] = "postprocess" if name == "run_network" else "run_network"
+                    raise failures.pop(0)
+                return real[name](*args, **kwargs)
+            return call
 
-        monkeypatch.setattr(seg.segmenter, "segment", segment)
+        for name in real:
+            monkeypatch.setattr(seg.segmenter, name, failing(name))
         emptied: list[int] = []
         monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
 
@@ -152,23 +159,26 @@ def test_failing_frames_are_counted_and_the_node_recovers(tiny_checkpoint, refer
         diagnostics.wait_for(lambda s: s.level == DiagnosticStatus.OK and
                              {kv.key: kv.value for kv in s.values}["errors"] == "6", mark)
 
-        # On a CUDA device an OOM releases PyTorch's cached blocks (a CUDA error does not).
+        # On a CUDA device an OOM releases PyTorch's cached blocks (a CUDA error does not), whichever
+        # half of inference raised it.
         monkeypatch.setattr(seg, "device", torch.device("cuda", 0))
-        fail_frames([torch.cuda.OutOfMemoryError("CUDA out of memory."), RuntimeError("CUDA error: unknown error")])
-        assert emptied == [1]
+        assert stage_of_next_failure == ["run_network"]
+        cuda_oom = torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        fail_frames([cuda_oom, cuda_oom, RuntimeError("CUDA error: unknown error")])  # network, postprocess, network
+        assert emptied == [1, 1]
         monkeypatch.setattr(seg, "device", torch.device("cpu"))
 
         # Not only inference: a decoder running out of memory on a frame loses that frame only.
-        real_decode = node_mod.decode
+        real_decode = node_mod.decode_serialized
         calls: list[int] = []
 
-        def decode(msg, max_pixels, **kwargs):
+        def decode(*args, **kwargs):
             calls.append(1)
             if len(calls) == 1:
                 raise MemoryError("cannot allocate 190 MB for a 8192x8192 frame")
-            return real_decode(msg, max_pixels, **kwargs)
+            return real_decode(*args, **kwargs)
 
-        monkeypatch.setattr(node_mod, "decode", decode)
+        monkeypatch.setattr(node_mod, "decode_serialized", decode)
         mark = len(diagnostics)
         before = counters(seg)
         client.publish(rgb_image(random_rgb(12, 16)))
@@ -176,7 +186,7 @@ def test_failing_frames_are_counted_and_the_node_recovers(tiny_checkpoint, refer
         assert seg._worker.is_alive()
         good_frame_answered()
         assert "MemoryError" in diagnostics.wait_for(lambda s: "MemoryError" in s.message, mark).message
-        assert wait_until(lambda: accounted(counters(seg))) and counters(seg)["errors"] == 9
+        assert wait_until(lambda: accounted(counters(seg))) and counters(seg)["errors"] == 10
 
 
 # -- start-up: checkpoints, parameters, device --------------------------------------------------------

@@ -258,6 +258,56 @@ def test_decode_fuzzed_compressed_images(case: tuple[CompressedImage, dict], max
         assert error
 
 
+# -- 1b. the serialized bytes the node's raw subscription delivers -----------------------------------
+MUTATIONS = ("none", "truncate", "flip", "big_word", "random")
+
+
+@st.composite
+def serialized_frames(draw: st.DrawFn) -> tuple[bytes, Image | CompressedImage, str, str]:
+    """A generated Image or CompressedImage, serialized by rclpy, then possibly damaged."""
+    from rclpy.serialization import serialize_message
+
+    msg = draw(raw_images()) if draw(st.booleans()) else draw(compressed_images())[0]
+    msgtype = codec.COMPRESSED_TYPE if isinstance(msg, CompressedImage) else codec.IMAGE_TYPE
+    data = bytearray(serialize_message(msg))
+    mutation = draw(st.sampled_from(MUTATIONS))
+    if mutation == "truncate":
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    elif mutation == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= 1 << draw(st.integers(0, 7))
+    elif mutation == "big_word":  # e.g. a string or sequence length claiming gigabytes
+        i = draw(st.integers(0, max(0, len(data) - 4) // 4)) * 4
+        data[i:i + 4] = draw(st.sampled_from([0xFFFFFFFF, 0x7FFFFFFF, 0x10000000, len(data) + 1])).to_bytes(4, "little")
+    elif mutation == "random":
+        data = bytearray(draw(st.binary(max_size=4096)))
+    return bytes(data), msg, msgtype, mutation
+
+
+@settings(max_examples=1500, **FUZZ_SETTINGS)
+@given(case=serialized_frames())
+def test_decode_fuzzed_serialized_frames(case: tuple[bytes, Image | CompressedImage, str, str]) -> None:
+    """Whatever bytes arrive: an RGB image within the limit, or ImageDecodeError; intact bytes decode
+    exactly as the message itself does."""
+    data, msg, msgtype, mutation = case
+    try:
+        header, out = codec.decode_serialized(data, msgtype, NODE_MAX_PIXELS)
+    except ImageDecodeError as exc:
+        event(f"{mutation}: rejected")
+        assert str(exc)
+        if mutation == "none":
+            with pytest.raises(ImageDecodeError):
+                decode(msg, NODE_MAX_PIXELS)
+        return
+    event(f"{mutation}: decoded")
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3 and out.flags.c_contiguous
+    assert 0 < out.shape[0] * out.shape[1] <= NODE_MAX_PIXELS
+    if mutation == "none":
+        np.testing.assert_array_equal(out, decode(msg, NODE_MAX_PIXELS))
+        assert header == msg.header
+
+
 # -- 2. the node -------------------------------------------------------------------------------------
 COUNTERS = ("received", "processed", "dropped", "invalid", "errors", "skipped")
 BATCHES = {"raw": 80, "compressed": 60}

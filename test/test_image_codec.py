@@ -13,11 +13,14 @@ from helpers_ros import image_in_encoding, make_header, random_rgb
 from sensor_msgs.msg import CompressedImage, Image
 
 from msseg_ros.image_codec import (
+    COMPRESSED_TYPE,
     DECODABLE_ENCODINGS,
+    IMAGE_TYPE,
     ImageDecodeError,
     decode,
     decode_compressed,
     decode_image,
+    decode_serialized,
     encode_compressed,
     encode_image,
 )
@@ -253,6 +256,48 @@ def test_compressed_depth_rejected() -> None:
     msg.data = array.array("B", bytes(20))
     with pytest.raises(ImageDecodeError, match="compressedDepth"):
         decode(msg)
+
+
+# -- serialized input (the node's raw subscription) -------------------------------------------------
+@pytest.mark.parametrize("encoding", DECODABLE_ENCODINGS)
+@pytest.mark.parametrize("padding", [0, 5])
+def test_serialized_frames_decode_as_the_message_does(encoding: str, padding: int) -> None:
+    from rclpy.serialization import serialize_message
+
+    msg = image_in_encoding(random_rgb(6, 10, seed=padding), encoding, padding=padding)
+    msg.header.frame_id = "camera_optical_frame"
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_001, 999_999_999
+    header, rgb = decode_serialized(serialize_message(msg), IMAGE_TYPE)
+    np.testing.assert_array_equal(rgb, decode(msg))
+    assert header == msg.header and type(header) is type(msg.header)
+
+
+def test_serialized_rgb8_is_a_read_only_view_and_compressed_works() -> None:
+    from rclpy.serialization import serialize_message
+
+    rgb = random_rgb(12, 16, seed=4)
+    data = serialize_message(image_in_encoding(rgb, "rgb8"))
+    _, view = decode_serialized(data, IMAGE_TYPE, copy=False)
+    np.testing.assert_array_equal(view, rgb)
+    assert np.shares_memory(view, np.frombuffer(data, np.uint8)) and not view.flags.writeable
+    _, copied = decode_serialized(data, IMAGE_TYPE)
+    assert not np.shares_memory(copied, np.frombuffer(data, np.uint8))
+    png = encode_compressed(rgb, make_header(), "png")
+    header, out = decode_serialized(serialize_message(png), COMPRESSED_TYPE)
+    np.testing.assert_array_equal(out, rgb)
+    assert header == png.header
+
+
+def test_malformed_serialized_frames_raise_clear_errors() -> None:
+    from rclpy.serialization import serialize_message
+
+    data = serialize_message(image_in_encoding(random_rgb(8, 8), "rgb8"))
+    for bad in (data[: len(data) // 2], data[:3], b"", bytes(range(256)) * 3):
+        with pytest.raises(ImageDecodeError, match="malformed sensor_msgs/msg/Image|image data has|empty image|"
+                                                   "unsupported encoding|step"):
+            decode_serialized(bad, IMAGE_TYPE)
+    with pytest.raises(ValueError, match="msgtype must be"):
+        decode_serialized(data, "sensor_msgs/msg/CameraInfo")
 
 
 def test_decode_rejects_other_types() -> None:

@@ -24,6 +24,7 @@ from helpers_ros import (
     rgb_image,
     stamp_key,
 )
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 
 from msseg_core.classes import CAMVID
@@ -345,8 +346,17 @@ def test_bad_frames_and_failures_are_counted_and_survived(tiny_checkpoint, refer
             rgb = random_rgb(16, 24, seed=11)
             sent = rgb_image(rgb)
             check_outputs(c.request(sent), sent, reference, rgb)
+        # Bytes that are not a serialized Image at all (the node deserializes frames itself).
+        serialized = serialize_message(image_in_encoding(random_rgb(8, 8), "rgb8"))
+        for garbage in (serialized[: len(serialized) // 2], b"\x00\x01\x00\x00" + bytes(range(200))):
+            invalid = counters_.invalid
+            c.image_pub.publish(garbage)
+            assert wait_until(lambda invalid=invalid: counters_.invalid == invalid + 1), garbage[:16]
+            rgb = random_rgb(16, 24, seed=12)
+            sent = rgb_image(rgb)
+            check_outputs(c.request(sent), sent, reference, rgb)
 
-        real = node.node.segmenter.segment
+        real = node.node.segmenter.run_network
         calls = []
 
         def failing(*args, **kwargs):
@@ -355,7 +365,7 @@ def test_bad_frames_and_failures_are_counted_and_survived(tiny_checkpoint, refer
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return real(*args, **kwargs)
 
-        node.node.segmenter.segment = failing
+        node.node.segmenter.run_network = failing
         lost = c.publish(rgb_image(random_rgb(8, 8)))
         assert wait_until(lambda: counters_.errors == 1)
         c.request(rgb_image(random_rgb(8, 8)))
