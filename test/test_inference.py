@@ -109,3 +109,21 @@ def test_bf16_on_cpu_agrees_with_fp32(tiny_checkpoint):
     fp32 = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch").predict(rgb)
     bf16 = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", precision="bf16").predict(rgb)
     assert (fp32 == bf16).mean() > 0.8
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, run on the packaged model: what it promises comes back."""
+    import re
+    from pathlib import Path
+
+    monkeypatch.setenv("MSSEG_CACHE_DIR", str(tmp_path))  # backend 'auto' exports ONNX there, not in ~/.cache
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1, "the README has one Python example"
+    rgb = frame(72, 96, seed=5)
+    scope = {"rgb": rgb}
+    exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    seg, labels = scope["seg"], scope["labels"]
+    assert labels.shape == (72, 96) and labels.dtype == np.uint8 and labels.max() < seg.num_classes
+    assert set(scope["out"]) == {"labels"}
+    np.testing.assert_array_equal(scope["out"]["labels"], labels)
