@@ -8,8 +8,8 @@ lockstep  latency. This process publishes one frame, waits until all five output
           stamp have arrived (the node is never asked for more than it can do, no frame waits in a
           queue), then runs `Segmenter.segment` itself on the same frame. The frame is serialized
           before the clock starts and the outputs are received serialized (only their stamps are
-          read): a consumer that deserializes them pays that on top, in its own process. Interleaving the two per
-          frame keeps slow drifts of machine load out of the ratio.
+          read): a consumer that deserializes them pays that on top, in its own process.
+          Interleaving the two per frame keeps slow drifts of machine load out of the ratio.
           node latency = last output received - frame published;
           overhead = median(node) - median(bare);  overhead_ratio = overhead / median(bare).
 rate      throughput, what a camera faster than the model gets. Phases of `--phase-seconds` alternate:
