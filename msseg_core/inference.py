@@ -63,6 +63,10 @@ from msseg_core.postprocess import (
 )
 
 log = logging.getLogger(__name__)
+# Frames may be read-only views of received messages (the node decodes without a copy). The network
+# stage only reads them, so PyTorch's warning about wrapping a non-writable array says nothing here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
 
 OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -396,11 +400,7 @@ class Segmenter:
         """
         images = np.ascontiguousarray(images)
         if self.device.type == "cpu":
-            if not images.flags.writeable:  # e.g. a view of a received message's bytes; never written here
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # PyTorch's "not writable" warning
-                    return torch.from_numpy(images)
-            return torch.from_numpy(images)
+            return torch.from_numpy(images)  # may be read-only (a received message's bytes): never written
         pinned = self._bufs.get(key, "pinned_in", images.shape, torch.uint8, torch.device("cpu"), pin=True)
         if self._h2d_done is not None:
             self._h2d_done.synchronize()  # the previous frame's copy has left the pinned buffer
