@@ -4,6 +4,9 @@ Subscribes to `labels` (the node's output) and `ground_truth/labels` (mono8 ids,
 from `msseg-bag play`), both relative names, so remap them: for the default layout,
 `-r labels:=/msseg/labels -r ground_truth/labels:=/ground_truth/labels`. Messages are matched by
 header stamp; a ground-truth frame with no labels within `match_timeout` seconds is counted lost.
+Ground truth is subscribed only once a labels publisher is matched, so a player that waits for a
+ground-truth subscriber (as `msseg-bag play --wait-for` and the replay launch file do) starts only
+when the labels of its first frame can reach this node.
 
 Latency is the receive time of the labels (this node's clock) minus their header stamp, which the
 node copies from the input image. With a live camera that is capture-to-labels latency; when a bag
@@ -184,12 +187,26 @@ class EvaluatorNode(Node):
         opts = QoSOverridingOptions.with_default_policies
         self.labels_sub = self.create_subscription(Image, "labels", self.labels_callback, qos,
                                                    qos_overriding_options=opts())
-        self.gt_sub = self.create_subscription(Image, "ground_truth/labels", self.gt_callback, qos,
-                                               qos_overriding_options=opts())
+        # Ground truth is subscribed only once the labels subscription is matched to a publisher (the
+        # node): a player that waits for a ground-truth subscriber (msseg-bag play --wait-for, the
+        # launch files) then starts only when labels can reach this node too. Otherwise, on a slow
+        # machine, the first frames' labels could go out before the node and this node had matched.
+        self.gt_sub = None
+        self._gt_args = (Image, "ground_truth/labels", self.gt_callback, qos)
+        self._gt_opts = opts
+        self._gt_timer = self.create_timer(0.05, self._subscribe_gt_when_labels_matched)
         self.timer = self.create_timer(min(1.0, timeout / 2), self.expire_callback)
         self.report_timer = self.create_timer(period, self.report_callback)
-        self.get_logger().info(f"matching {self.labels_sub.topic_name} with {self.gt_sub.topic_name} by stamp; "
-                               f"{len(names)} classes")
+        self.get_logger().info(f"matching {self.labels_sub.topic_name} with "
+                               f"{self.resolve_topic_name('ground_truth/labels')} by stamp; {len(names)} classes; "
+                               f"ground truth is subscribed once a labels publisher is matched")
+
+    def _subscribe_gt_when_labels_matched(self) -> None:
+        if self.gt_sub is not None or self.labels_sub.get_publisher_count() == 0:
+            return
+        self._gt_timer.cancel()
+        self.gt_sub = self.create_subscription(*self._gt_args, qos_overriding_options=self._gt_opts())
+        self.get_logger().info(f"labels publisher matched; subscribed to {self.gt_sub.topic_name}")
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9

@@ -182,3 +182,30 @@ def test_stamp_matcher_pairs_expires_and_reports() -> None:
     m.finish()
     assert m.report()["size_mismatches"] == 1
     assert json.dumps(m.report())  # valid JSON (no NaN)
+
+
+def test_evaluator_subscribes_ground_truth_only_once_labels_can_arrive() -> None:
+    """A player waits for a ground-truth subscriber before its first frame; the evaluator shows one only
+    when its labels subscription is matched, so no frame's labels can go out before node and
+    evaluator have matched (a launch-file race seen once on a loaded CI machine)."""
+    import time
+
+    from sensor_msgs.msg import Image
+
+    from msseg_ros.evaluator_node import EvaluatorNode
+
+    ns = f"/eval_wait_{os.getpid()}"
+    ros = bag._Ros("eval_wait_probe")
+    try:
+        evaluator = EvaluatorNode(context=ros.context, cli_args=[
+            "--ros-args", "-r", f"labels:={ns}/labels", "-r", f"ground_truth/labels:={ns}/gt"])
+        ros.add_node(evaluator)
+        time.sleep(1.0)  # timers have run many times: still no labels publisher, so no ground truth
+        assert evaluator.gt_sub is None and ros.node.count_subscribers(f"{ns}/gt") == 0
+        ros.node.create_publisher(Image, f"{ns}/labels", 10)
+        deadline = time.monotonic() + 20
+        while ros.node.count_subscribers(f"{ns}/gt") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ros.node.count_subscribers(f"{ns}/gt") == 1 and evaluator.gt_sub is not None
+    finally:
+        ros.close()
