@@ -765,7 +765,13 @@ def replay_eval(bag: str, checkpoint: str = "", device: str = "cpu", lockstep: b
         # The evaluator's subscriptions are in this process; let both ends of every match settle.
         player.wait_for_subscribers(10.0, topics=[GT_TOPIC], stop=stop, settle=1.0)
         stats = player.run(stop)
-        if not lockstep:  # let the last frames through the node
+        if lockstep:
+            # The player saw each frame's labels through its own subscription; the evaluator's callback
+            # for the same message (and the last ground truth) may still be queued on a busy machine.
+            deadline = time.monotonic() + min(match_timeout, 10.0)
+            while evaluator.matcher.frames_done() < stats.frames_answered and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:  # let the last frames through the node
             time.sleep(min(match_timeout, 10.0))
         report = evaluator.finish()
         report["player"] = stats.to_dict()

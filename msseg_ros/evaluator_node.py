@@ -117,6 +117,11 @@ class StampMatcher:
                     else:
                         self.labels_without_gt += 1
 
+    def frames_done(self) -> int:
+        """Ground-truth frames settled so far: matched with labels (scored, or sizes mismatched) or lost."""
+        with self._lock:
+            return self.cm.num_images + self.size_mismatches + self.frames_lost
+
     def finish(self) -> None:
         """End of the run: everything still pending is unmatched."""
         self.expire(float("inf"))

@@ -59,6 +59,28 @@ def test_lockstep_replay_through_the_node_matches_offline(replay_setup, one_thre
     assert report["stale_stamps"] == 0  # restamped: latency is publish-to-labels
 
 
+def test_lockstep_replay_waits_for_a_slow_evaluator(replay_setup, one_thread, monkeypatch) -> None:
+    """The player sees each frame's labels through its own subscription; the evaluator's callback for
+    the same message may run later (a busy machine). The final report waits for it instead of
+    counting the last frame lost."""
+    import time
+
+    from msseg_ros.evaluator_node import EvaluatorNode
+
+    out, ckpt, _ = replay_setup
+    real = EvaluatorNode.labels_callback
+
+    def slow(self, msg):
+        time.sleep(0.4)
+        real(self, msg)
+
+    monkeypatch.setattr(EvaluatorNode, "labels_callback", slow)
+    report = bag.replay_eval(str(out), checkpoint=str(ckpt), device="cpu", lockstep=True, node_params=NODE_PARAMS,
+                             log=lambda m: None)
+    assert report["player"]["frames_answered"] == N_FRAMES
+    assert report["frames_lost"] == 0 and report["frames_matched"] == N_FRAMES
+
+
 def load_launch_module():
     spec = importlib.util.spec_from_file_location("replay_eval_launch", REPO / "launch" / "replay_eval.launch.py")
     module = importlib.util.module_from_spec(spec)
@@ -174,13 +196,14 @@ def test_stamp_matcher_pairs_expires_and_reports() -> None:
     m.expire(now=2.0)
     r = m.report("ckpt")
     assert r["frames_matched"] == r["num_images"] == 2 and r["frames_lost"] == 1 and r["labels_without_gt"] == 1
+    assert m.frames_done() == 3  # what replay-eval waits for before its final report
     assert r["duplicates"] == 1 and r["stale_stamps"] == 1 and r["checkpoint"] == "ckpt"
     assert r["confusion_matrix"] == [[1, 1], [1, 3]]  # rows: truth; void never counts
     assert r["latency_ms"]["count"] == 2 and r["latency_ms"]["p50"] == pytest.approx(60.0)
     m.add_gt(50, gt, now=3.0)
     m.add_labels(50, np.zeros((3, 3), np.uint8), now=3.0)
     m.finish()
-    assert m.report()["size_mismatches"] == 1
+    assert m.report()["size_mismatches"] == 1 and m.frames_done() == 4
     assert json.dumps(m.report())  # valid JSON (no NaN)
 
 
