@@ -565,12 +565,16 @@ class Segmenter:
         (max probability x 255); road_mask: H x W uint8, 255 = road.
         """
         check_image(rgb)
-        wanted = self._check_outputs(outputs)
-        with self._lock:  # held through the postprocess: the logits may be the backend's buffer
-            net = self._network_stage(rgb[None], owned=False)
-            with self._post_lock:
-                host = self._post_stage(net, wanted, overlay_alpha)
+        host = self._both_stages(rgb[None], self._check_outputs(outputs), overlay_alpha)
         return {k: v[0] for k, v in host.items()}
+
+    def _both_stages(self, images: np.ndarray, wanted: set[str], overlay_alpha: float) -> dict[str, np.ndarray]:
+        """N frames of one size through both stages; `_lock` is held through the postprocess, since
+        the logits may be the backend's reused buffer (no copy on this path)."""
+        with self._lock:
+            net = self._network_stage(images, owned=False)
+            with self._post_lock:
+                return self._post_stage(net, wanted, overlay_alpha)
 
     @torch.inference_mode()
     def run_network(self, rgb: np.ndarray) -> NetworkOutput:
@@ -609,10 +613,7 @@ class Segmenter:
         for i, im in enumerate(images):
             by_size.setdefault(im.shape[:2], []).append(i)
         for idx in by_size.values():
-            with self._lock:
-                net = self._network_stage(np.stack([images[i] for i in idx]), owned=False)
-                with self._post_lock:
-                    host = self._post_stage(net, wanted, overlay_alpha)
+            host = self._both_stages(np.stack([images[i] for i in idx]), wanted, overlay_alpha)
             for j, i in enumerate(idx):
                 out[i] = {k: v[j] for k, v in host.items()}
         return out  # type: ignore[return-value]

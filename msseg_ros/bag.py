@@ -281,7 +281,7 @@ def evaluate_bag(bag: str | os.PathLike, segmenter: Any, image_topic: str | None
     from rosbags.rosbag2 import Reader
 
     from msseg_core.metrics import ConfusionMatrix
-    from msseg_ros.image_codec import decode_compressed, decode_image
+    from msseg_ros.image_codec import decode
 
     ts = typestore()
     info = bag_info(bag)
@@ -305,7 +305,6 @@ def evaluate_bag(bag: str | os.PathLike, segmenter: Any, image_topic: str | None
                 else:
                     _score(cm, pred, gt, stamp)
                 continue
-            decode = decode_compressed if conn.msgtype.endswith("CompressedImage") else decode_image
             if not warmed:  # first call pays for allocator / cudnn set-up: keep it out of the timing
                 segmenter.predict(decode(msg))
                 warmed = True

@@ -214,14 +214,13 @@ def decode_serialized(raw: bytes, msgtype: str, max_pixels: int = DEFAULT_MAX_PI
     except Exception as exc:  # the deserializer raises struct, index, unicode or value errors on garbage
         raise ImageDecodeError(f"malformed {msgtype} message ({len(raw)} bytes): {type(exc).__name__}: "
                                f"{exc}") from None
-    stamp = msg.header.stamp
-    header = Header(stamp=Time(sec=stamp.sec, nanosec=stamp.nanosec), frame_id=msg.header.frame_id)
-    return header, decode(msg, max_pixels, copy)
+    return copy_header(msg.header), decode(msg, max_pixels, copy)
 
 
 # -- encoding ----------------------------------------------------------------------------------
-def copy_header(header: Header) -> Header:
-    """A new Header with the same stamp and frame_id: outputs carry the input's header unchanged."""
+def copy_header(header: Header | Any) -> Header:
+    """A new (rclpy) Header with the same stamp and frame_id, from an rclpy or a rosbags header:
+    outputs carry the input's header unchanged."""
     return Header(stamp=Time(sec=header.stamp.sec, nanosec=header.stamp.nanosec), frame_id=header.frame_id)
 
 
