@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,19 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_name() -> str:
+    """The processor's model name (benchmarks and cache keys record which machine measured)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
 
 
 # ------------------------------------------------------------------------------ BatchNorm folding

@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msseg_core.backends import OrtBackend, TorchBackend, default_threads
+from msseg_core.backends import OrtBackend, TorchBackend, cpu_name, default_threads
 from msseg_core.checkpoint import CheckpointMeta
-from msseg_core.inference import OUTPUTS, Segmenter, _cpu_name, check_image, resolve_device
+from msseg_core.inference import OUTPUTS, Segmenter, check_image, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def environment(device: torch.device, threads: int) -> dict:
     """What the figures were taken on: versions, device, CPU, threads, load (noisy machines show)."""
     env = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "device": str(device), "threads": threads,
-           "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+           "cpu": cpu_name(), "cpu_count": os.cpu_count()}
     try:
         import onnxruntime
 

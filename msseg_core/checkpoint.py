@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from msseg_core.io import atomic_write
 from msseg_core.models import build_model
 
 FORMAT = "msseg-checkpoint/1"
@@ -92,30 +92,6 @@ class CheckpointMeta:
         return meta
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary shareable file
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta,
                     half: bool = False) -> Path:
     """Save weights + metadata atomically; `half` stores floating weights as fp16 (smaller file)."""
@@ -128,7 +104,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointM
             t = t.half()
         state[name] = t.clone().contiguous()  # clone: tied weights must not share storage in the file
     path = Path(path)
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "meta": meta.to_json()}))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "meta": meta.to_json()}))
     return path
 
 

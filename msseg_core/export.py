@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from msseg_core.checkpoint import CheckpointError, CheckpointMeta, default_checkpoint, load_checkpoint
+from msseg_core.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ def model_digest(model: nn.Module, meta: CheckpointMeta) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()[:20]
-
-
-def _atomic_replace(tmp: str | os.PathLike, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)
 
 
 def example_input(batch: int, height: int, width: int, meta: CheckpointMeta, seed: int = 0) -> torch.Tensor:
@@ -188,10 +183,8 @@ def export_onnx(model: nn.Module, meta: CheckpointMeta, path: str | os.PathLike,
     x = example_input(1, h, w, meta)
     if fp16:
         model, x = _half_copy(model), x.half()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.onnx", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         _torch_onnx_export(model, x, tmp, opset, dynamic_batch or dynamic, dynamic, exporter)
         proto = onnx.load(tmp)
         extra = {"precision": "fp16" if fp16 else "fp32", "dynamic": dynamic,
@@ -202,11 +195,8 @@ def export_onnx(model: nn.Module, meta: CheckpointMeta, path: str | os.PathLike,
         proto.producer_name = "msseg"
         proto.doc_string = f"msseg {meta.model}: {INPUT_NAME} NCHW normalised RGB -> {OUTPUT_NAME} NCHW"
         onnx.save(proto, tmp)
-        _atomic_replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_write(path, write, suffix=".tmp.onnx", durable=False)
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:
@@ -252,18 +242,13 @@ def export_torchscript(model: nn.Module, meta: CheckpointMeta, path: str | os.Pa
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (x,), check_trace=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.jit.save(traced, tmp, _extra_files={TORCHSCRIPT_META: _export_meta(meta, h, w).to_json()})
-        _atomic_replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_write(path, write, durable=False)
 
 
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, CheckpointMeta]:

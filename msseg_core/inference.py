@@ -30,11 +30,11 @@ exported ONNX file under `cache_dir()`; see BENCHMARKS.md for the measurements b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import platform
 import threading
 import time
 import warnings
@@ -47,8 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msseg_core.backends import OrtBackend, TorchBackend, default_threads
+from msseg_core.backends import OrtBackend, TorchBackend, cpu_name, default_threads
 from msseg_core.checkpoint import CheckpointMeta, default_checkpoint, load_checkpoint
+from msseg_core.io import write_json_atomic
 from msseg_core.postprocess import (
     argmax_planes,
     blend,
@@ -313,7 +314,7 @@ class Segmenter:
         """
         from msseg_core.export import cache_dir
 
-        key = {"rule": 2, "cpu": _cpu_name(), "threads": self.threads, "onnx": _file_id(self.onnx_path),
+        key = {"rule": 2, "cpu": cpu_name(), "threads": self.threads, "onnx": _file_id(self.onnx_path),
                "torch": torch.__version__, "onnxruntime": _ort_version(), "options": repr(self._options)}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         choice_file = (self._cache_dir or cache_dir()) / f"{self.onnx_path.stem}.{digest}.choice.json"
@@ -343,13 +344,8 @@ class Segmenter:
             log.warning("backend auto: the ONNX export's logits differ from PyTorch's; using PyTorch")
             winner = best_torch
         log.info("backend auto: %s (median forward ms %s)", winner, self.backend_timings)
-        try:
-            choice_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = choice_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "backend": winner, "timings": self.backend_timings}))
-            os.replace(tmp, choice_file)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            write_json_atomic(choice_file, {"key": key, "backend": winner, "timings": self.backend_timings})
         return nets[winner]
 
     # -- what the ids mean -------------------------------------------------------------------
@@ -662,17 +658,6 @@ def _ort_version() -> str:
         return onnxruntime.__version__
     except ImportError:
         return ""
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _file_id(path: Path) -> str:

@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from msseg_core.io import write_bytes_atomic
+
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr", "seconds")
 CSV_NAME, CURVES_NAME, TB_DIR = "metrics.csv", "curves.png", "tensorboard"
 
@@ -32,19 +34,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_metrics(path: Path, rows: Sequence[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
-    _replace(path, buf.getvalue().encode())
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def plot_curves(rows: Sequence[dict], path: Path) -> None:
@@ -72,7 +68,7 @@ def plot_curves(rows: Sequence[dict], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    _replace(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 class RunLog:

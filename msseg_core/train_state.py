@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from msseg_core.checkpoint import _atomic_write
+from msseg_core.io import atomic_write
 
 FORMAT = "msseg-train-state/1"
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__items__", "__float__")
@@ -100,7 +100,7 @@ def save_train_state(path: str | os.PathLike, state: dict) -> Path:
     skeleton, tensors = flatten(state)
     header = {"format": FORMAT, "state": json.dumps(skeleton)}
     path = Path(path)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     return path
 
 

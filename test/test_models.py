@@ -17,7 +17,8 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from msseg_core.models import _REGISTRY, build_model, list_models
-from msseg_core.models.fcn import bilinear_upsampler, load_vgg16_encoder, scale_channels
+from msseg_core.models.encoders import load_vgg16_encoder
+from msseg_core.models.layers import bilinear_upsampler, scale_channels
 from msseg_core.models.mssanet import TABLE1_DILATIONS_WH, PositionAttention, dilation_schedule
 from msseg_core.models.stats import count_parameters, gflops
 

@@ -110,9 +110,9 @@ def test_no_code_executing_deserialisation_in_the_source() -> None:
     assert len(SOURCES) > 30
     problems = [p for path in SOURCES for p in unsafe_loads(path)]
     assert problems == []
-    # The scan sees what it looks for: the one torch.load (importing a foreign VGG16 state dict) is there.
-    fcn = (REPO / "msseg_core" / "models" / "fcn.py").read_text()
-    assert "torch.load(str(path), weights_only=True" in fcn
+    # The scan sees what it looks for: the one torch.load (foreign VGG16 / EfficientNet-Lite weights) is there.
+    encoders = (REPO / "msseg_core" / "models" / "encoders.py").read_text()
+    assert "torch.load(str(path), weights_only=True" in encoders
 
 
 def test_the_scan_catches_unsafe_calls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,7 +210,7 @@ class _Payload:
 
 def test_a_foreign_pytorch_file_with_a_payload_is_refused_unrun(tmp_path: Path) -> None:
     from msseg_core.models import build_model
-    from msseg_core.models.fcn import load_vgg16_encoder
+    from msseg_core.models.encoders import load_vgg16_encoder
 
     marker = tmp_path / "payload_ran"
     evil = tmp_path / "vgg16.pth"

@@ -53,11 +53,3 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
-
-
-def load_vgg16_encoder(model: nn.Module, path: str) -> None:
-    """Initialise a VGG16-based network's encoder from a local torchvision VGG16 state dict file
-    (nothing can be downloaded here); see `msseg_core.models.fcn.load_vgg16_encoder`."""
-    from msseg_core.models.fcn import load_vgg16_encoder as load
-
-    load(model, path)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msseg_core.models import register_model
-from msseg_core.models.fcn import check_num_classes, pad_to_multiple, scale_channels
+from msseg_core.models.layers import check_num_classes, pad_to_multiple, scale_channels
 
 RATES = (1, 2, 3)
 

@@ -1,9 +1,9 @@
-"""FCN-32s / 16s / 8s (Long et al., CVPR 2015) on a VGG16 encoder, plus the shared helpers of this package.
+"""FCN-32s / 16s / 8s (Long et al., CVPR 2015) on a VGG16 encoder.
 
 Layout follows torchvision's VGG16 (`features` built by `torchvision.models.vgg.make_layers` from config "D",
 so module names and indices are torchvision's at every width) so a torchvision VGG16 state dict loads at
-width 1 (`load_vgg16_encoder`), including VGG's fully connected fc6/fc7 "convolutionalised" into the 7x7 and
-1x1 convolutions, as in the paper. Differences from the Caffe original, and why:
+width 1 (`encoders.load_vgg16_encoder`), including VGG's fully connected fc6/fc7 "convolutionalised" into
+the 7x7 and 1x1 convolutions, as in the paper. Differences from the Caffe original, and why:
 
 - Any input size: instead of the original `pad=100` on conv1_1 plus crop offsets, the input is padded
   (replicate) to a multiple of 32 and the logits are cropped back; the transposed convolutions use
@@ -16,67 +16,17 @@ width 1 (`load_vgg16_encoder`), including VGG's fully connected fc6/fc7 "convolu
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from msseg_core.models import register_model
+from msseg_core.models.encoders import VGG16_CONV_INDICES
+from msseg_core.models.layers import bilinear_upsampler, check_num_classes, pad_to_multiple, scale_channels
 
 VGG16_CFG: list[int | str] = list(cfgs["D"])
-# Indices into torchvision's vgg16().features (same at every width, see make_layers).
-VGG16_CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-POOL3_INDEX, POOL4_INDEX = 16, 23
-
-
-# ----------------------------------------------------------------------------------------- helpers
-
-
-def scale_channels(channels: int, width: float) -> int:
-    """Channels after the width multiplier: rounded, never below 1."""
-    if not width > 0:
-        raise ValueError(f"width must be > 0, got {width}")
-    return max(1, int(round(channels * width)))
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate-pad bottom/right so H and W are multiples of `multiple` (crop with [..., :H, :W])."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return x
-
-
-def bilinear_kernel(size: int) -> torch.Tensor:
-    """The 2-D bilinear interpolation kernel FCN initialises its upsampling deconvolutions with."""
-    factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
-    r = torch.arange(size, dtype=torch.float64)
-    w = 1 - (r - center).abs() / factor
-    return (w[:, None] * w[None, :]).float()
-
-
-def bilinear_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
-    """Learnable `factor`-fold upsampler (kernel 2f, stride f, padding f/2), bilinear per channel at init."""
-    if factor < 2 or factor % 2:
-        raise ValueError(f"upsampling factor must be even and >= 2, got {factor}")
-    up = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, padding=factor // 2, bias=False)
-    with torch.no_grad():
-        up.weight.zero_()
-        k = bilinear_kernel(2 * factor)
-        for c in range(channels):
-            up.weight[c, c] = k
-    return up
-
-
-def check_num_classes(num_classes: int) -> None:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+POOL3_INDEX, POOL4_INDEX = 16, 23  # indices into torchvision's vgg16().features (same at every width)
 
 
 # --------------------------------------------------------------------------------------------- FCN
@@ -174,87 +124,3 @@ def fcn16s(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> FCN:
 def fcn8s(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> FCN:
     """FCN-8s: adds pool3 scores at stride 8, then 8x."""
     return FCN(num_classes, stride=8, width=width, dropout=dropout)
-
-
-# ------------------------------------------------------------------------------- VGG16 weight loading
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG16 weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    elif path.suffix in (".pth", ".pt"):
-        state = torch.load(str(path), weights_only=True, map_location="cpu")
-    else:
-        raise ValueError(f"{path}: expected a .safetensors or .pth file")
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
-    return state
-
-
-def load_vgg16_encoder(model: nn.Module, path: str | os.PathLike) -> None:
-    """Copy a local torchvision VGG16 state dict (`.safetensors` or `.pth`) into a model's encoder.
-
-    The 13 `features.*` convolutions are required; VGG's `classifier.0/3` (fc6/fc7) are reshaped into
-    7x7/1x1 convolutions where the model has matching ones (FCN at width 1) and skipped otherwise.
-    Supported: fcn32s/16s/8s and mssanet (conv weights only: its convs are bias-free, followed by BN).
-    Nothing is copied unless every required tensor matches, so a failed load leaves the model untouched.
-    """
-    model = getattr(model, "module", model)  # unwrap DDP
-    mapping_fn = getattr(model, "vgg16_mapping", None)
-    if mapping_fn is None:
-        raise TypeError(
-            f"{type(model).__name__} has no VGG16 encoder; load_vgg16_encoder supports fcn32s, fcn16s, fcn8s, mssanet"
-        )
-    mapping: dict[str, nn.Module] = mapping_fn()
-    state = _read_state_dict(Path(path))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    plan: list[tuple[torch.Tensor, torch.Tensor]] = []
-    problems: list[str] = []
-    for prefix, module in mapping.items():
-        required = prefix.startswith("features.")
-        w_key, b_key = f"{prefix}.weight", f"{prefix}.bias"
-        if w_key not in state:
-            if required:
-                problems.append(f"missing {w_key}")
-            continue
-        src = state[w_key]
-        dst = module.weight
-        if src.dim() == 2 and dst.dim() == 4 and src.numel() == dst.numel() and src.shape[0] == dst.shape[0]:
-            src = src.reshape(dst.shape)  # fully connected -> convolution (FCN's "convolutionalisation")
-        if src.shape != dst.shape:
-            if required:
-                problems.append(f"{w_key}: file {tuple(state[w_key].shape)} vs model {tuple(dst.shape)}")
-            continue
-        entries = [(dst, src)]
-        bias = getattr(module, "bias", None)
-        if bias is not None and b_key in state:  # bias-free targets (mssanet: conv + BN) drop VGG's bias
-            if state[b_key].shape != bias.shape:
-                if required:
-                    problems.append(f"{b_key}: file {tuple(state[b_key].shape)} vs model {tuple(bias.shape)}")
-                continue
-            entries.append((bias, state[b_key]))
-        plan.extend(entries)
-    if problems:
-        width = getattr(model, "width", None)
-        hint = f" (model width {width}; VGG16 weights need width=1)" if width not in (None, 1, 1.0) else ""
-        raise ValueError(f"{path}: not a VGG16 state dict for this model{hint}: " + "; ".join(problems[:6]))
-    with torch.no_grad():
-        for dst, src in plan:
-            dst.copy_(src.to(dtype=dst.dtype, device=dst.device))
-
-
-def vgg16_conv_shapes(width: float = 1.0) -> Sequence[tuple[int, int]]:
-    """(in, out) channels of VGG16's 13 convolutions at `width` (used by mssanet to mirror the layout)."""
-    shapes, cin = [], 3
-    for v in VGG16_CFG:
-        if v != "M":
-            cout = scale_channels(int(v), width)
-            shapes.append((cin, cout))
-            cin = cout
-    return shapes

@@ -72,10 +72,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from msseg_core.models import register_model
-from msseg_core.models.fcn import (
-    VGG16_CONV_INDICES,
+from msseg_core.models.encoders import LITE, VGG16_CONV_INDICES, build_encoder
+from msseg_core.models.layers import (
+    ConvBN,
+    SeparableConvBN,
     bilinear_upsampler,
     check_num_classes,
+    init_conv_weights,
     pad_to_multiple,
     scale_channels,
 )
@@ -85,6 +88,7 @@ TABLE1_DILATIONS_WH: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 4), (4, 
 DILATION_MODES = ("table", "transposed", "none")
 FUSIONS = ("none", "concat")
 VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))  # (convs, channels)
+DECODER_CHANNELS = (128, 128, 96, 64)  # pretrained-encoder decoder at strides 32, 16, 8, 4 (docstring, 12)
 
 
 def dilation_schedule(run_length: int, mode: str = "table") -> list[tuple[int, int]]:
@@ -96,20 +100,6 @@ def dilation_schedule(run_length: int, mode: str = "table") -> list[tuple[int, i
         dw, dh = TABLE1_DILATIONS_WH[i % len(TABLE1_DILATIONS_WH)]
         out.append((dh, dw) if mode == "table" else (dw, dh) if mode == "transposed" else (1, 1))
     return out
-
-
-class ConvBN(nn.Sequential):
-    """conv (bias-free) + BN (+ ReLU); 'same' padding for odd kernels at any dilation."""
-
-    def __init__(self, cin: int, cout: int, kernel: int = 3, dilation: tuple[int, int] = (1, 1), relu: bool = True):
-        pad = (dilation[0] * (kernel // 2), dilation[1] * (kernel // 2))
-        layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
-            nn.BatchNorm2d(cout),
-        ]
-        if relu:
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
 
 
 class PositionAttention(nn.Module):
@@ -206,17 +196,7 @@ class MSSANet(nn.Module):
         self.score = nn.Conv2d(cin, num_classes, 1)
         self.out_stride = 2 ** min(num_pools, 2)
         self.upscore = bilinear_upsampler(num_classes, self.out_stride) if self.out_stride > 1 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) or (isinstance(m, nn.ConvTranspose2d) and m is not self.upscore):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_weights(self, skip=(self.upscore,))
 
     def vgg16_mapping(self) -> dict[str, nn.Module]:
         """torchvision VGG16 `features.<i>` -> our conv taking its weight (see fcn.load_vgg16_encoder)."""
@@ -255,9 +235,77 @@ class MSSANet(nn.Module):
         return self.upscore(self.score(y))[..., :h, :w]
 
 
+class EncoderMSSANet(nn.Module):
+    """The MSSANet decoder on a pretrained encoder (the paper builds on ImageNet VGG16; see docstring, 12)."""
+
+    def __init__(self, num_classes: int, encoder: str = "efficientnet_lite0", decoder_width: float = 1.0,
+                 fusion: str = "concat", attention: bool = True, dilation: str = "table", dropout: float = 0.1):
+        super().__init__()
+        check_num_classes(num_classes)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not isinstance(attention, bool):
+            raise ValueError(f"attention must be a bool, got {attention!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.fusion = fusion
+        self.encoder = build_encoder(encoder)
+        c4, c8, c16, c32 = self.encoder.channels
+        d32, d16, d8, d4 = (scale_channels(c, decoder_width) for c in DECODER_CHANNELS)
+        # Multi-scale dilated module: Table 1's six dilations in series, residual, at stride 32.
+        self.context_in = ConvBN(c32, d32, 1)
+        self.context = nn.ModuleList(SeparableConvBN(d32, d32, 3, dil, relu=False)
+                                     for dil in dilation_schedule(len(TABLE1_DILATIONS_WH), dilation))
+        self.attention = PositionAttention(d32) if attention else None
+        self.dropout = nn.Dropout2d(dropout)
+        self.ups = nn.ModuleList()
+        self.fuses = nn.ModuleList()
+        cin = d32
+        for skip, cout in ((c16, d16), (c8, d8), (c4, d4)):
+            self.ups.append(bilinear_upsampler(cin, 2, depthwise=True))
+            cat = cin + (skip if fusion == "concat" else 0)
+            self.fuses.append(nn.Sequential(ConvBN(cat, cout, 1), SeparableConvBN(cout, cout, 3)))
+            cin = cout
+        self.score = nn.Conv2d(cin, num_classes, 1)
+        self.upscore = bilinear_upsampler(num_classes, 4, depthwise=True)
+        init_conv_weights(self, skip=(self.encoder, self.upscore, *self.ups))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, 32)
+        c4, c8, c16, c32 = self.encoder(x)
+        y = self.context_in(c32)
+        for block in self.context:
+            y = F.relu(y + block(y), inplace=True)
+        if self.attention is not None:
+            y = self.attention(y)
+        y = self.dropout(y)
+        for skip, up, fuse in zip((c16, c8, c4), self.ups, self.fuses, strict=True):
+            y = up(y)
+            if self.fusion == "concat":
+                y = torch.cat([y, skip], 1)
+            y = fuse(y)
+        return self.upscore(self.score(y))[..., :h, :w]
+
+
 @register_model("mssanet")
-def mssanet(num_classes: int, width: float = 0.5, num_pools: int = 5, branches: int = 1, fusion: str = "concat",
-            attention: bool = True, dilation: str = "table", dropout: float = 0.1) -> MSSANet:
-    """Multi-scale spatial attention network; knobs are the paper's ablations (Tables 2-3) plus ours."""
-    return MSSANet(num_classes, width=width, num_pools=num_pools, branches=branches, fusion=fusion,
-                   attention=attention, dilation=dilation, dropout=dropout)
+def mssanet(num_classes: int, encoder: str = "vgg16", width: float = 0.5, num_pools: int = 5, branches: int = 1,
+            fusion: str = "concat", attention: bool = True, dilation: str = "table", dropout: float = 0.1,
+            decoder_width: float = 1.0) -> nn.Module:
+    """Multi-scale spatial attention network; knobs are the paper's ablations (Tables 2-3) plus ours.
+
+    encoder 'vgg16': the paper's dilated VGG16 (from scratch, `width`, `num_pools`, `branches`);
+    'efficientnet_lite0/1/2': the same decoder ideas on an ImageNet-pretrainable encoder (`decoder_width`).
+    """
+    if encoder == "vgg16":
+        if decoder_width != 1.0:
+            raise ValueError("decoder_width applies to the efficientnet_lite encoders; vgg16 scales with width")
+        return MSSANet(num_classes, width=width, num_pools=num_pools, branches=branches, fusion=fusion,
+                       attention=attention, dilation=dilation, dropout=dropout)
+    if encoder not in LITE:
+        raise ValueError(f"unknown encoder {encoder!r}; known: vgg16, {', '.join(LITE)}")
+    if (width, num_pools, branches) != (0.5, 5, 1):
+        raise ValueError("width, num_pools and branches shape the vgg16 encoder; with a pretrained encoder "
+                         "use decoder_width")
+    return EncoderMSSANet(num_classes, encoder=encoder, decoder_width=decoder_width, fusion=fusion,
+                          attention=attention, dilation=dilation, dropout=dropout)

@@ -24,7 +24,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, _deeplabv3_mobilenet
 from torchvision.models.segmentation.lraspp import LRASPPHead, _lraspp_mobilenetv3
 
 from msseg_core.models import register_model
-from msseg_core.models.fcn import check_num_classes
+from msseg_core.models.layers import check_num_classes
 
 
 class SegmentationOut(nn.Module):
