@@ -23,7 +23,6 @@ from msseg_core.models import build_model
 FORMAT = "msseg-checkpoint/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_CHECKPOINT_NAME = "camvid_default.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -45,6 +44,7 @@ class CheckpointMeta:
     dataset: str = ""
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    temperature: float = 1.0  # logits are divided by it before softmax (msseg-calibrate fits it)
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +70,9 @@ class CheckpointMeta:
             raise CheckpointError("mean and std must have 3 entries, std > 0")
         if not isinstance(self.model_args, dict):
             raise CheckpointError("model_args must be a JSON object")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not 0 < self.temperature < float("inf"):
+            raise CheckpointError(f"temperature must be a positive number, got {self.temperature!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -123,6 +126,14 @@ def load_meta(path: str | os.PathLike) -> CheckpointMeta:
     return CheckpointMeta.from_json(header["meta"])
 
 
+def stored_half(path: str | os.PathLike) -> bool:
+    """True when every floating tensor in the file is fp16 (re-saving should keep it that small)."""
+    with safe_open(str(path), framework="pt") as fh:
+        dtypes = {fh.get_slice(k).get_dtype() for k in fh.keys()}  # noqa: SIM118 - safe_open is no dict
+    floats = dtypes & {"F16", "BF16", "F32", "F64"}
+    return bool(floats) and floats == {"F16"}
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model from the file alone; shapes are checked against the metadata's model."""
     meta = load_meta(path)
@@ -148,8 +159,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def default_checkpoint() -> Path:
-    """The CamVid model shipped inside the package."""
-    path = Path(__file__).resolve().parent / "weights" / DEFAULT_CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"the packaged default model is missing: {path}")
-    return path
+    """The default zoo model's packaged file (zoo.py: `camvid`)."""
+    from msseg_core.zoo import DEFAULT_MODEL, zoo_path
+
+    try:
+        return zoo_path(DEFAULT_MODEL)
+    except FileNotFoundError as exc:
+        raise CheckpointError(str(exc)) from None

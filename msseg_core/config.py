@@ -82,11 +82,20 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = ""  # zoo name or checkpoint of a trained network on the same classes; '' = no distillation
+    weight: float = 1.0  # of the distillation term, next to the (class-weighted) cross-entropy
+    temperature: float = 2.0  # softens both distributions; the term is scaled by T^2 (Hinton et al.)
+    target_scale: float = 0.5  # teacher logits are cached at this fraction of the frame size
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,6 +155,12 @@ class Recipe:
         for key in non_negative:
             if _get(self, key) < 0:
                 raise RecipeError(f"{key} must be >= 0, got {_get(self, key)}")
+        if self.distill.teacher:
+            if self.data.pipeline != "gpu_resident":
+                raise RecipeError("distill.teacher needs data.pipeline gpu_resident (teacher logits are cached "
+                                  "with the resident split)")
+            if self.distill.weight < 0 or self.distill.temperature <= 0 or not 0 < self.distill.target_scale <= 1:
+                raise RecipeError("distill needs weight >= 0, temperature > 0 and 0 < target_scale <= 1")
         if self.optim.warmup_epochs > self.train.epochs:
             raise RecipeError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) exceeds train.epochs")
         if "num_classes" in self.model.args:

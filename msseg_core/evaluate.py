@@ -138,7 +138,8 @@ def report(cm: ConfusionMatrix, class_names: Sequence[str], checkpoint: str) -> 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="msseg-eval", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="a zoo model (camvid, camvid_fast), a .safetensors checkpoint or an .onnx export")
     p.add_argument("--data-root", required=True, help="dataset folder")
     p.add_argument("--split", required=True, help="split name, e.g. val or test")
     p.add_argument("--dataset", default=None, help="dataset loader (default: the checkpoint's dataset, else camvid)")

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from msseg_core.checkpoint import CheckpointError, CheckpointMeta, default_checkpoint, load_checkpoint
+from msseg_core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from msseg_core.io import atomic_write
+from msseg_core.zoo import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -372,9 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+        ckpt = resolve_checkpoint(args.checkpoint)
         model, meta = load_checkpoint(ckpt, device="cpu")
-    except CheckpointError as exc:
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"msseg-export: {exc}", file=sys.stderr)
         return 2
     h = args.height or meta.input_size[0]

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msseg_core.backends import OrtBackend, TorchBackend, cpu_name, default_threads
-from msseg_core.checkpoint import CheckpointMeta, default_checkpoint, load_checkpoint
+from msseg_core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from msseg_core.io import write_json_atomic
 from msseg_core.postprocess import (
     argmax_planes,
@@ -62,6 +62,7 @@ from msseg_core.postprocess import (
     palette_lookup,
     upsample_planes,
 )
+from msseg_core.zoo import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 # Frames may be read-only views of received messages (the node decodes without a copy). The network
@@ -191,6 +192,7 @@ class Segmenter:
         if model is None and onnx_path is None:
             raise ValueError("Segmenter needs a model or an onnx_path")
         self.meta = meta
+        self.temperature = float(meta.temperature)  # calibration (msseg-calibrate); labels do not depend on it
         self.precision = precision
         self._autocast_dtype = PRECISIONS[precision]
         size = tuple(int(v) for v in (input_size or ())) or tuple(meta.input_size)
@@ -232,8 +234,12 @@ class Segmenter:
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto",
                         precision: str = "fp32", input_size: Sequence[int] | None = None,
                         **options) -> Segmenter:
-        """Load a checkpoint ('' or None: the packaged default model) or a bare .onnx from msseg-export."""
-        path = Path(path) if path else default_checkpoint()
+        """Load a checkpoint: a zoo name ('camvid', 'camvid_fast'; '' or None: the default), a .safetensors
+        path, or a bare .onnx from msseg-export."""
+        try:
+            path = resolve_checkpoint(path)
+        except (ValueError, FileNotFoundError) as exc:
+            raise CheckpointError(str(exc)) from None
         if path.suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device, precision=precision, input_size=input_size, **options)
         model, meta = load_checkpoint(path, device="cpu")
@@ -427,7 +433,10 @@ class Segmenter:
         out = self.net(x)
         if out.shape[1] != self.num_classes:
             raise RuntimeError(f"the network returned {out.shape[1]} classes, the metadata lists {self.num_classes}")
-        return out if out.dtype == torch.float32 else out.float()
+        out = out if out.dtype == torch.float32 else out.float()
+        if self.temperature != 1.0:  # at the network's resolution: the cheapest place (a new tensor, never
+            out = out * (1.0 / self.temperature)  # the backend's reused output buffer)
+        return out
 
     def _upsample(self, logits: torch.Tensor, size: tuple[int, int], key: tuple | None) -> torch.Tensor:
         """Logits to the frame's size (bilinear); into a reused buffer on the hot path."""

@@ -65,7 +65,8 @@ def predict_files(segmenter: Segmenter, files: Sequence[Path], out_dir: str | Pa
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="msseg-predict", description=__doc__.split("\n")[0])
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    p.add_argument("--checkpoint", default="", help="a .safetensors checkpoint (default: the packaged model)")
+    p.add_argument("--checkpoint", default="",
+                   help="a zoo model (camvid, camvid_fast) or a .safetensors checkpoint (default: camvid)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask, 0..1")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

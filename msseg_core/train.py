@@ -294,19 +294,19 @@ class TrainBatches:
 
 
 # --------------------------------------------------------------------------------- epoch functions
-def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], criterion: nn.Module,
+def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Dist,
                     amp_dtype: torch.dtype | None, grad_clip: float = 0.0, progress=None,
                     channels_last: bool = False) -> float:
     """One pass over the training batches; returns the mean loss over steps and ranks."""
     model.train()
     total, steps = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
-    for images, masks in batches:
+    for images, masks, *soft in batches:  # soft: the teacher's logits for this crop when distilling
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
             logits = model(images)
-        loss = criterion(logits.float(), masks)
+        loss = criterion(logits.float(), masks, *soft)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip > 0:
@@ -447,15 +447,40 @@ def _prepare(recipe: Recipe, ctx: Dist, quiet: bool) -> _Run:
             dist.broadcast(weights, 0)
         _say(ctx, quiet, "mfb class weights: " + ", ".join(
             f"{n} {v:.2f}" for n, v in zip(classes.names, weights.tolist(), strict=True)))
+    criterion: nn.Module = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX)
+    if recipe.distill.teacher:
+        criterion = _distillation(recipe, batches, criterion, classes.names, ctx, quiet)
     optimizer = make_optimizer(model, recipe)
     warmup = round(recipe.optim.warmup_epochs * batches.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(recipe.optim.schedule, t.epochs * batches.steps, warmup, recipe.optim.poly_power))
     amp_dtype = _amp_dtype(recipe, device)
     return _Run(val_ds=val_ds, class_names=list(classes.names), meta=meta, model=model, batches=batches,
-                criterion=nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX), optimizer=optimizer,
+                criterion=criterion, optimizer=optimizer,
                 scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                 amp_dtype=amp_dtype, channels_last=channels_last)
+
+
+def _distillation(recipe: Recipe, batches: TrainBatches, ce: nn.Module, class_names: Sequence[str], ctx: Dist,
+                  quiet: bool) -> nn.Module:
+    """Load the teacher, cache its logits for every training image, return the distillation loss."""
+    from msseg_core.checkpoint import load_checkpoint
+    from msseg_core.distill import DistillationLoss, teacher_logits
+    from msseg_core.zoo import resolve_checkpoint
+
+    d = recipe.distill
+    try:
+        teacher, meta = load_checkpoint(resolve_checkpoint(d.teacher), device=ctx.device)
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise RecipeError(f"distill.teacher {d.teacher!r}: {exc}") from None
+    if list(meta.class_names) != list(class_names):
+        raise RecipeError(f"distill.teacher {d.teacher!r} predicts {meta.class_names}, the dataset has {class_names}")
+    tic = time.perf_counter()
+    source = batches.source
+    source.set_soft_targets(teacher_logits(teacher, meta, source.images, ctx.device, d.target_scale))
+    _say(ctx, quiet, f"distilling from {d.teacher} ({meta.model}): teacher logits of {len(source)} images in "
+                     f"{time.perf_counter() - tic:.0f} s, weight {d.weight}, temperature {d.temperature}")
+    return DistillationLoss(ce, d.weight, d.temperature)
 
 
 def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.Module:

@@ -101,8 +101,16 @@ class GpuResidentData:
                 put(i)
         self.images = images.to(self.device)
         self.masks = masks.to(self.device)
+        self.soft: torch.Tensor | None = None  # teacher logits for distillation (set_soft_targets)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def set_soft_targets(self, logits: torch.Tensor) -> None:
+        """Attach per-sample teacher logits (N x C x h x w at any h, w; kept as fp16): every batch then also
+        carries them, cut by the same scale / crop / flip as its images, so teacher and student see one view."""
+        if logits.ndim != 4 or logits.shape[0] != len(self):
+            raise ValueError(f"soft targets must be N x C x h x w with N = {len(self)}, got {tuple(logits.shape)}")
+        self.soft = logits.to(self.device, torch.float16)
 
     # bookkeeping -----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -142,8 +150,9 @@ class GpuResidentData:
                 scale_range: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5,
                 photometric: bool | float = True, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of (float32 B,3,h,w normalised images, int64 B,h,w masks) on the device; advances the
-        epoch so the next call shuffles differently. Random parameters come from `generator` (default: one
+        """One epoch of (float32 B,3,h,w normalised images, int64 B,h,w masks[, float32 B,C,h,w teacher
+        logits when `set_soft_targets` was called]) on the device; advances the epoch so the next call
+        shuffles differently. Random parameters come from `generator` (default: one
         seeded with seed, epoch and rank, so runs repeat)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -170,7 +179,7 @@ class GpuResidentData:
         return torch.rand(n, generator=generator, device=generator.device).to(self.device, torch.float32)
 
     def _augment(self, idx: torch.Tensor, crop: tuple[int, int], scale_range: tuple[float, float],
-                 hflip: float, jitter: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 hflip: float, jitter: float, g: torch.Generator) -> tuple[torch.Tensor, ...]:
         b = idx.numel()
         h, w = self.size
         ch, cw = crop
@@ -207,7 +216,12 @@ class GpuResidentData:
         if jitter > 0:
             img = self._jitter(img, jitter, g)
         img = (img - self.mean) / self.std
-        return img.contiguous(), msk
+        if self.soft is None:
+            return img.contiguous(), msk
+        # The grid is in normalised coordinates, so it cuts the (smaller) logit maps at the same place.
+        soft = TF.grid_sample(self.soft.index_select(0, idx).float(), grid, mode="bilinear", padding_mode="border",
+                              align_corners=False)
+        return img.contiguous(), msk, soft
 
     def _jitter(self, img: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
         """Per-sample brightness, contrast and saturation factors in [1 - s, 1 + s], as torchvision blends."""

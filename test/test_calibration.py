@@ -1,0 +1,85 @@
+"""Calibrated confidence: the fitted temperature, ECE, the Segmenter applying it, and msseg-calibrate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from msseg_core.calibration import Reliability, fit_temperature, main
+from msseg_core.checkpoint import load_checkpoint, load_meta, stored_half
+from msseg_core.classes import IGNORE_INDEX
+from msseg_core.inference import Segmenter
+
+
+def sampled(true_t: float, n: int = 20000, classes: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of an over-confident model: labels drawn from softmax(z), logits z * true_t."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, classes, generator=g) * 2
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
+    return z * true_t, labels
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 3.0])
+def test_fit_recovers_the_temperature_of_an_overconfident_model(true_t):
+    logits, labels = sampled(true_t)
+    assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_ece_drops_when_the_fitted_temperature_is_applied():
+    logits, labels = sampled(3.0)
+    t = fit_temperature(logits, labels)
+    img, lab = logits.T.reshape(1, -1, 100, 200), labels.reshape(1, 100, 200).clone()
+    lab[0, :5] = IGNORE_INDEX  # never counted
+    before, after = Reliability(), Reliability()
+    before.update(img, lab)
+    after.update(img, lab, t)
+    assert before.count.sum() == after.count.sum() == 19000
+    assert after.ece < 0.02 < before.ece
+    acc, conf = after.accuracy(), after.mean_confidence()
+    full = after.count > 500
+    assert np.abs(acc[full] - conf[full]).max() < 0.05  # calibrated: right as often as it says
+
+
+def test_fit_rejects_empty_input():
+    with pytest.raises(ValueError, match="P x C"):
+        fit_temperature(torch.zeros(0, 3), torch.zeros(0))
+
+
+def test_segmenter_divides_logits_by_the_checkpoint_temperature(tiny_checkpoint):
+    model, meta = load_checkpoint(tiny_checkpoint)
+    frame = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    plain = Segmenter(model, meta, device="cpu", backend="torch")
+    meta2 = load_meta(tiny_checkpoint)
+    meta2.temperature = 2.5
+    hot = Segmenter(load_checkpoint(tiny_checkpoint)[0], meta2, device="cpu", backend="torch")
+    a, b = plain.segment(frame), hot.segment(frame)
+    assert np.array_equal(a["labels"], b["labels"])  # argmax does not depend on T
+    p1, p2 = plain.probabilities(frame), hot.probabilities(frame)
+    logp1 = torch.log_softmax(torch.log(torch.from_numpy(p1)) / 2.5, 0).exp().numpy()
+    np.testing.assert_allclose(p2, logp1, atol=1e-4)
+    assert b["confidence"].mean() < a["confidence"].mean()  # softer
+
+
+def test_msseg_calibrate_writes_the_temperature_into_a_loadable_checkpoint(tmp_path, tiny_checkpoint, capsys):
+    from msseg_core.data.fake import write_fake_camvid
+
+    write_fake_camvid(tmp_path / "camvid", "val", n=3, size=(32, 48), seed=1)
+    out = tmp_path / "calibrated.safetensors"
+    rc = main(["--checkpoint", str(tiny_checkpoint), "--data-root", str(tmp_path / "camvid"), "--split", "val",
+               "--out", str(out), "--png", str(tmp_path / "rel.png"), "--json", str(tmp_path / "cal.json"),
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    meta = load_meta(out)
+    report = json.loads((tmp_path / "cal.json").read_text())
+    assert meta.temperature == pytest.approx(report["temperature"], rel=1e-3) and meta.temperature != 1.0
+    assert meta.metrics["calibration"]["ece_after"] <= meta.metrics["calibration"]["ece_before"] + 1e-9
+    assert report["pixels_scored"] > 0 and (tmp_path / "rel.png").stat().st_size > 1000
+    assert stored_half(out) == stored_half(tiny_checkpoint)
+    model, _ = load_checkpoint(out)
+    ref, _ = load_checkpoint(tiny_checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True))
+    assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--data-root", str(tmp_path), "--out",
+                 str(out)]) == 2
