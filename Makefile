@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.msseg-installed
 INPUT  ?=
 DEMO_OUT ?= out/demo
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test test-fast demo lint bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ $(STAMP): requirements.txt requirements-ros.txt setup.py
 
 test: setup
 	$(PY) -m pytest -q test
+
+# msseg_core's quick tests, no ROS: an answer for a change to a model or a transform in a minute or two.
+test-fast: setup
+	$(PY) -m pytest -q -m "not ros and not slow" test
 
 demo: setup
 	$(VENV)/bin/msseg-demo --out $(DEMO_OUT) $(if $(INPUT),--input $(INPUT),)

@@ -10,7 +10,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=["msseg_core", "msseg_core.*", "msseg_ros", "msseg_ros.*"]),
-    package_data={"msseg_core": ["weights/*.safetensors", "weights/*.json"]},
+    package_data={"msseg_core": ["weights/*.safetensors", "weights/*.onnx", "weights/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -31,12 +31,14 @@ setup(
             "synthetic_camera = msseg_ros.synthetic_camera:main",
             "evaluator_node = msseg_ros.evaluator_node:main",
             "msseg-demo = msseg_ros.demo:main",
-            "msseg-bag = msseg_ros.bag:main",
+            "msseg-bag = msseg_ros.bag.cli:main",
             "msseg-train = msseg_core.train:main",
             "msseg-eval = msseg_core.evaluate:main",
             "msseg-predict = msseg_core.predict:main",
             "msseg-export = msseg_core.export:main",
-            "msseg-bench = msseg_core.bench:main",
+            "msseg-calibrate = msseg_core.calibration:main",
+            "msseg-quantize = msseg_core.quantize:main",
+            "msseg-bench = msseg_ros.bench_node:main",  # `node` there, the rest in msseg_core.bench
         ],
     },
 )

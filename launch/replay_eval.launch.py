@@ -13,11 +13,14 @@ The same wiring without `launch` (not installable from PyPI), in one process tre
 
 `launch` and `launch_ros` are imported only inside generate_launch_description(); the module-level
 data and `commands()` (the three plain command lines) can be imported and checked without them.
+Topic names come from `msseg_ros.topics`.
 """
 
 from __future__ import annotations
 
 import os
+
+from msseg_ros import launching, topics
 
 PACKAGE = "msseg_ros"
 NODE_EXECUTABLE = "segmentation_node"
@@ -26,11 +29,6 @@ EVALUATOR_EXECUTABLE = "evaluator_node"
 EVALUATOR_NAME = "msseg_evaluator"
 PLAYER_EXECUTABLE = "msseg-bag"
 PARAMS_FILE = "config/camvid.yaml"  # node parameters, relative to the package share dir
-FASTDDS_PROFILE = "config/fastdds_large_images.xml"
-PROFILE_ENV_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
-IMAGE_TOPIC = "/camera/image_raw"  # what `msseg-bag make` writes
-CAMERA_INFO_TOPIC = "/camera/camera_info"
-GT_TOPIC = "/ground_truth/labels"
 
 # launch argument -> (default, description)
 ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -38,12 +36,14 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "checkpoint": ("", "model checkpoint; '' = as in params_file (the packaged model)"),
     "device": ("", "auto | cpu | cuda | cuda:N; '' = as in params_file"),
     "params_file": ("", f"node parameters YAML; '' = <share>/{PACKAGE}/{PARAMS_FILE}"),
-    "namespace": ("msseg", "namespace of the node (its labels topic is /<namespace>/labels)"),
+    "namespace": (topics.NAMESPACE.strip("/"), "namespace of the node (its labels topic is /<namespace>/labels)"),
     "lockstep": ("true", "publish the next frame only after the node answered the previous one"),
     "rate": ("1.0", "playback speed factor when not lock-step"),
     "timeout": ("10.0", "lock-step wait per frame [s]; then the frame counts as lost"),
     "report_path": ("replay_eval.json", "evaluator report (JSON)"),
     "drain": ("3.0", "seconds between the player's end and shutdown (last frames, final report)"),
+    "log_level": launching.NODE_ARGUMENTS["log_level"],
+    "sigterm_timeout": launching.NODE_ARGUMENTS["sigterm_timeout"],
 }
 PARAMETER_ARGUMENTS = ("checkpoint", "device")  # override the node parameter of that name when not empty
 
@@ -58,21 +58,22 @@ def resolve(values: dict[str, str], share_dir: str) -> dict:
     if not v["bag"]:
         raise ValueError("replay_eval.launch.py needs bag:=<rosbag2 directory>")
     namespace = "/" + v["namespace"].strip("/") if v["namespace"].strip("/") else ""
-    labels = f"{namespace}/labels"
+    labels = topics.in_namespace(namespace, topics.LABELS)
     player = ["play", v["bag"], "--restamp", "--labels-topic", labels, "--rate", v["rate"],
               "--timeout", v["timeout"], "--wait-subscribers", "120",
-              "--wait-for", IMAGE_TOPIC, "--wait-for", GT_TOPIC]
+              "--wait-for", topics.CAMERA_IMAGE, "--wait-for", topics.GROUND_TRUTH_LABELS]
     if _true(v["lockstep"]):
         player.append("--lockstep")
     return {
         "namespace": namespace,
         "params_file": v["params_file"] or os.path.join(share_dir, PARAMS_FILE),
         "node_overrides": {name: v[name] for name in PARAMETER_ARGUMENTS if v[name]},
-        "node_remaps": [("image", IMAGE_TOPIC), ("camera_info", CAMERA_INFO_TOPIC)],
+        "node_remaps": [(topics.IMAGE, topics.CAMERA_IMAGE), (topics.CAMERA_INFO, topics.CAMERA_CAMERA_INFO)],
         "evaluator_params": {"report_path": v["report_path"], "checkpoint": v["checkpoint"]},
-        "evaluator_remaps": [("labels", labels), ("ground_truth/labels", GT_TOPIC)],
+        "evaluator_remaps": [(topics.LABELS, labels), (topics.GROUND_TRUTH, topics.GROUND_TRUTH_LABELS)],
         "player_arguments": player,
         "drain": float(v["drain"]),
+        "options": launching.node_options({k: v[k] for k in ("log_level", "sigterm_timeout")}),
     }
 
 
@@ -94,12 +95,10 @@ def generate_launch_description():
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
     from launch import LaunchDescription
     from launch.actions import (
-        DeclareLaunchArgument,
         EmitEvent,
         ExecuteProcess,
         OpaqueFunction,
         RegisterEventHandler,
-        SetEnvironmentVariable,
         TimerAction,
     )
     from launch.event_handlers import OnProcessExit
@@ -107,20 +106,23 @@ def generate_launch_description():
     from launch_ros.actions import Node
 
     share = get_package_share_directory(PACKAGE)
-    actions = [DeclareLaunchArgument(name, default_value=default, description=text)
-               for name, (default, text) in ARGUMENTS.items()]
-    if not any(os.environ.get(var) for var in PROFILE_ENV_VARS):
-        actions += [SetEnvironmentVariable(var, os.path.join(share, FASTDDS_PROFILE)) for var in PROFILE_ENV_VARS]
+    actions = launching.declare(ARGUMENTS)
 
     def make_processes(context):
-        r = resolve({name: context.launch_configurations.get(name, "") for name in ARGUMENTS}, share)
+        r = resolve(launching.values(context, ARGUMENTS), share)
+        # Each process gets the large-image profile (the player sends 2 MB frames), none other of a parent's.
+        common = {"output": "screen", "sigterm_timeout": r["options"]["sigterm_timeout"],
+                  "additional_env": launching.profile_env(share)}
+        ros_args = ["--log-level", r["options"]["log_level"]]
         node = Node(package=PACKAGE, executable=NODE_EXECUTABLE, name=NODE_NAME, namespace=r["namespace"],
-                    parameters=[r["params_file"], r["node_overrides"]], remappings=r["node_remaps"], output="screen")
+                    parameters=[r["params_file"], r["node_overrides"]], remappings=r["node_remaps"],
+                    ros_arguments=ros_args, **common)
         evaluator = Node(package=PACKAGE, executable=EVALUATOR_EXECUTABLE, name=EVALUATOR_NAME,
-                         parameters=[r["evaluator_params"]], remappings=r["evaluator_remaps"], output="screen")
+                         parameters=[r["evaluator_params"]], remappings=r["evaluator_remaps"],
+                         ros_arguments=ros_args, **common)
         # msseg-bag is a console script in lib/<package> (setup.cfg), but not a ROS node: no --ros-args.
         player_exe = os.path.join(get_package_prefix(PACKAGE), "lib", PACKAGE, PLAYER_EXECUTABLE)
-        player = ExecuteProcess(cmd=[player_exe, *r["player_arguments"]], output="screen", name="msseg_bag_play")
+        player = ExecuteProcess(cmd=[player_exe, *r["player_arguments"]], name="msseg_bag_play", **common)
         done = RegisterEventHandler(OnProcessExit(target_action=player, on_exit=[
             TimerAction(period=r["drain"], actions=[EmitEvent(event=Shutdown(reason="bag finished"))])]))
         return [node, evaluator, player, done]

@@ -9,7 +9,10 @@ only runs the network at the fixed network input size.
   channels_last memory, autocast (fp16/bf16), optional `torch.compile`, optional CUDA graphs.
 - `OrtBackend`: ONNX Runtime with full graph optimisation, on the TensorRT, CUDA or CPU execution
   provider (whichever is installed and matches the device), fed through I/O binding so tensors are
-  not copied between PyTorch and ONNX Runtime.
+  not copied between PyTorch and ONNX Runtime. It runs the fp32/fp16 exports and the INT8 QDQ file.
+
+OpenVINO and TensorRT live in `openvino_backend.py` and `tensorrt_backend.py` (optional packages);
+`engines.py` chooses among all of them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ log = logging.getLogger(__name__)
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class EngineUnavailable(ValueError):
+    """An engine that cannot run here (not installed, no GPU): a configuration error, like asking for a
+    CUDA device on a machine without one; the message is one line saying why and what to do."""
+
+
 def default_threads() -> int:
     """Cores this process may run on (affinity-aware, unlike os.cpu_count())."""
     try:
@@ -48,7 +56,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
 
 
 # ------------------------------------------------------------------------------ BatchNorm folding
@@ -290,11 +297,16 @@ class OrtBackend:
     """An ONNX model (float NCHW input at a fixed H x W, logits output) run by ONNX Runtime."""
 
     name = "onnxruntime"
+    channels_last = False
 
     def __init__(self, onnx_path: str | os.PathLike, device: torch.device, threads: int | None = None,
                  precision: str = "fp32", cache_dir: str | os.PathLike | None = None,
                  providers: Sequence | None = None):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineUnavailable("backend onnxruntime: the onnxruntime package is not installed "
+                                    "(pip install onnxruntime)") from None
 
         self.device = torch.device(device)
         self.path = Path(onnx_path)

@@ -4,8 +4,12 @@
                            [--modes eager,compiled] [--batch 1,8] [--device auto] [--iters N] [--warmup N]
                            [--max-seconds S] [--json OUT] [--md OUT]
     msseg-bench segmenter  [--checkpoint C | --model NAME] [--sizes 360x480,720x960]
-                           [--backends naive,torch,onnxruntime] [--outputs ...] [--json OUT] [--md OUT]
-    msseg-bench node       [--checkpoint C] [--sizes 360x480,720x960] [--frames N] (needs rclpy)
+                           [--backends naive,torch,onnxruntime,openvino] [--precision fp32,int8]
+                           [--outputs ...] [--json OUT] [--md OUT]
+    msseg-bench pareto     --data-root D [--checkpoints camvid,camvid_fast] [--chart PNG]
+                           (mIoU against frames/s per model x engine x precision: msseg_core.pareto)
+    msseg-bench node       [--checkpoint C] [--sizes 360x480,720x960] [--frames N]
+                           (msseg_ros.bench_node: the console script hands `node` there; needs rclpy)
 
 How the figures are taken: every configuration gets `--warmup` untimed calls (cuDNN autotuning,
 lazy initialisation, compilation), then up to `--iters` timed calls, each ending with a CUDA
@@ -18,10 +22,14 @@ not depend on the values. GFLOPs are forward FLOPs (2 per multiply-add, `models.
 
 Modes (`model`): naive (fp32 NCHW eager, nothing else: the baseline), eager (BatchNorm folded,
 channels_last, autocast: Segmenter's PyTorch backend), compiled (eager + torch.compile),
-cuda_graphs (eager + CUDA graph replay; CUDA only), onnxruntime (the ONNX export in ONNX Runtime,
-fp32). Backends (`segmenter`): naive (the original Segmenter: fp32 eager model, float resize,
-argmax, softmax; the reference the issue's speed-up target is measured against), torch,
-onnxruntime, auto (what `Segmenter` picks by default).
+cuda_graphs (eager + CUDA graph replay; CUDA only), onnxruntime, openvino, tensorrt (the ONNX
+export in that engine; precision int8 runs a QDQ file calibrated on synthetic frames: its speed is
+real, its accuracy meaningless). Backends (`segmenter`): naive (the original Segmenter: fp32 eager
+model, float resize, argmax, softmax; the reference the issue's speed-up target is measured
+against), torch, onnxruntime, openvino, tensorrt, auto (what `Segmenter` picks by default); each
+with every `--precision` it runs (int8: the checkpoint's INT8 file from msseg-quantize, or for
+random weights a speed-only one). Every row states the threads its engine ran with (`--threads`,
+the same for PyTorch and the engines).
 
 JSON: {"kind", "env": {torch, onnxruntime, device, device_name, cpu, threads, ...}, "args",
 "results": [...]}; `model` rows: model, params, gflops_360x480, size [h, w], precision, mode, batch,
@@ -57,8 +65,9 @@ from msseg_core.inference import OUTPUTS, Segmenter, check_image, resolve_device
 
 log = logging.getLogger(__name__)
 
-MODEL_MODES = ("naive", "eager", "compiled", "cuda_graphs", "onnxruntime")
-SEGMENTER_BACKENDS = ("naive", "torch", "onnxruntime", "auto")
+MODEL_MODES = ("naive", "eager", "compiled", "cuda_graphs", "onnxruntime", "openvino", "tensorrt")
+ONNX_MODES = ("onnxruntime", "openvino", "tensorrt")
+SEGMENTER_BACKENDS = ("naive", "torch", "onnxruntime", "openvino", "tensorrt", "auto")
 GFLOPS_SIZE = (360, 480)
 
 
@@ -147,13 +156,30 @@ def _make_runner(model: nn.Module, meta: CheckpointMeta, mode: str, precision: s
         return "fp16 needs CUDA"
     if mode == "cuda_graphs" and device.type != "cuda":
         return "CUDA graphs need CUDA"
-    if mode == "onnxruntime":
+    if precision == "int8" and mode not in ONNX_MODES:
+        return "int8 runs in onnxruntime, openvino, tensorrt"
+    if mode in ONNX_MODES:
         if precision == "bf16":
-            return "onnxruntime runs fp32/fp16 exports, not bf16"
-        from msseg_core.export import cached_onnx
+            return f"{mode} runs fp32/fp16/int8, not bf16"
+        if mode == "openvino" and device.type != "cpu":
+            return "openvino runs on the CPU here"
+        from msseg_core.export import cache_dir, cached_onnx
+        from msseg_core.quantize import speed_only_int8
 
-        path = cached_onnx(model, meta, size, cache, fp16=precision == "fp16")
-        return OrtBackend(path, device, threads=threads, precision=precision)
+        cache = cache or cache_dir()
+        if precision == "int8":
+            path = speed_only_int8(model, meta, size, cache, target="tensorrt" if mode == "tensorrt" else "cpu")
+        else:
+            path = cached_onnx(model, meta, size, cache, fp16=precision == "fp16")
+        if mode == "onnxruntime":
+            return OrtBackend(path, device, threads=threads, precision=precision)
+        if mode == "openvino":
+            from msseg_core.openvino_backend import OpenVinoBackend
+
+            return OpenVinoBackend(path, threads=threads, precision=precision, cache_dir=cache)
+        from msseg_core.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, device, precision=precision, cache_dir=cache)
     if mode == "naive":
         if precision != "fp32":
             return "naive is fp32 by definition"
@@ -171,7 +197,7 @@ def bench_models(args: argparse.Namespace) -> dict:
     threads = args.threads or default_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
-    names = _split(args.models) or list_models()
+    names = split_list(args.models) or list_models()
     unknown = sorted(set(names) - set(list_models()))
     if unknown:
         raise SystemExit(f"msseg-bench: unknown models {unknown}; registered: {', '.join(list_models())}")
@@ -184,14 +210,15 @@ def bench_models(args: argparse.Namespace) -> dict:
         model = build_model(name, CAMVID.num_classes, **kwargs).eval()
         params, flops = _model_stats(model)
         log.info("%s: %.2f M parameters, %s GFLOPs at %dx%d", name, params / 1e6, flops, *GFLOPS_SIZE)
-        for size in _sizes(args.sizes):
+        for size in parse_sizes(args.sizes):
             meta = _meta_for(name, kwargs, size)
-            for precision in _split(args.precision):
-                for mode in _split(args.modes):
+            for precision in split_list(args.precision):
+                for mode in split_list(args.modes):
                     runner = None
                     for batch in _ints(args.batch):
                         row = {"model": name, "model_args": kwargs, "params": params, "gflops_360x480": flops,
-                               "size": list(size), "precision": precision, "mode": mode, "batch": batch}
+                               "size": list(size), "precision": precision, "mode": mode, "batch": batch,
+                               "threads": threads}
                         try:
                             if runner is None:
                                 runner = _make_runner(model, meta, mode, precision, device, size, threads, cache)
@@ -337,8 +364,11 @@ def load_model_and_meta(args: argparse.Namespace) -> tuple[nn.Module, Checkpoint
     from msseg_core.models import build_model
 
     if args.checkpoint:
-        model, meta = load_checkpoint(args.checkpoint)
-        return model, meta, str(args.checkpoint)
+        from msseg_core.zoo import resolve_checkpoint
+
+        path = resolve_checkpoint(args.checkpoint)
+        model, meta = load_checkpoint(path)
+        return model, meta, str(path)
     if not args.model:
         try:
             path = default_checkpoint()
@@ -349,7 +379,7 @@ def load_model_and_meta(args: argparse.Namespace) -> tuple[nn.Module, Checkpoint
     kwargs = json.loads(args.model_args) if args.model_args else {}
     torch.manual_seed(0)
     model = build_model(args.model, CAMVID.num_classes, **kwargs).eval()
-    size = _sizes(args.input_size)[0] if args.input_size else (360, 480)
+    size = parse_sizes(args.input_size)[0] if args.input_size else (360, 480)
     return model, _meta_for(args.model, kwargs, size), f"{args.model} (random weights)"
 
 
@@ -359,23 +389,27 @@ def bench_segmenter(args: argparse.Namespace) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(threads)  # the naive baseline runs with the same threads as the rest
     model, meta, source = load_model_and_meta(args)
-    input_size = _sizes(args.input_size)[0] if args.input_size else tuple(meta.input_size)
-    outputs = _split(args.outputs) or list(OUTPUTS)
+    input_size = parse_sizes(args.input_size)[0] if args.input_size else tuple(meta.input_size)
+    outputs = split_list(args.outputs) or list(OUTPUTS)
     results = []
-    for frame_size in _sizes(args.sizes):
+    for frame_size in parse_sizes(args.sizes):
         frames = synthetic_frames(args.frames, *frame_size)
         reference: list[np.ndarray] | None = None
         naive_p50 = None
-        for backend in _split(args.backends):
-            row = {"backend": backend, "frame_size": list(frame_size), "input_size": list(input_size),
-                   "outputs": outputs, "source": source}
+        configs = [(b, p) for b in split_list(args.backends) for p in split_list(args.precision)
+                   if b != "naive" or p == "fp32"]  # naive is fp32 by definition
+        for backend, precision in configs:
+            row = {"backend": backend, "precision": precision, "threads": threads, "frame_size": list(frame_size),
+                   "input_size": list(input_size), "outputs": outputs, "source": source}
             try:
                 if backend == "naive":
                     seg = NaiveSegmenter(model, meta, device=str(device), input_size=input_size)
                 else:
                     t0 = time.perf_counter()
+                    onnx_path = _int8_file(model, meta, source, input_size, device, backend, args) \
+                        if precision == "int8" else None
                     seg = Segmenter(copy.deepcopy(model), meta, device=str(device), input_size=input_size,
-                                    precision=args.precision, backend=backend, threads=threads,
+                                    precision=precision, backend=backend, threads=threads, onnx_path=onnx_path,
                                     cache_dir=args.cache_dir, compile=args.compile, cuda_graphs=args.cuda_graphs)
                     row["init_s"] = round(time.perf_counter() - t0, 3)
                 row["describe"] = seg.describe()
@@ -400,11 +434,23 @@ def bench_segmenter(args: argparse.Namespace) -> dict:
                 del seg
             except Exception as exc:  # noqa: BLE001
                 row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            log.info("segmenter %s %s: %s", backend, frame_size,
+            log.info("segmenter %s %s %s: %s", backend, precision, frame_size,
                      row.get("error") or f"p50 {row['latency_ms']['p50']:.2f} ms, speed-up "
                                          f"{row.get('speedup_vs_naive', 'n/a')}")
             results.append(row)
     return {"kind": "segmenter", "env": environment(device, threads), "args": vars(args), "results": results}
+
+
+def _int8_file(model: nn.Module, meta: CheckpointMeta, source: str, input_size, device: torch.device, backend: str,
+               args: argparse.Namespace) -> Path:
+    """The checkpoint's INT8 file (msseg-quantize), or a speed-only one for random weights."""
+    from msseg_core.export import cache_dir
+    from msseg_core.quantize import find_int8_model, speed_only_int8
+
+    target = "tensorrt" if device.type == "cuda" else "cpu"
+    if Path(source).is_file():
+        return find_int8_model(source, model, meta, input_size, target)
+    return speed_only_int8(model, meta, input_size, args.cache_dir or cache_dir(), target)
 
 
 # ---------------------------------------------------------------------------------- Markdown
@@ -419,12 +465,12 @@ def to_markdown(report: dict) -> str:
              f"onnxruntime {env.get('onnxruntime')}, load average {env.get('loadavg')}", ""]
     rows = report["results"]
     if report["kind"] == "model":
-        lines += ["| model | params (M) | GFLOPs @360x480 | size | precision | mode | batch | p50 ms | p99 ms "
-                  "| FPS / img/s | calls |", "|" + "---|" * 11]
+        lines += ["| model | params (M) | GFLOPs @360x480 | size | precision | mode | threads | batch | p50 ms "
+                  "| p99 ms | FPS / img/s | calls |", "|" + "---|" * 12]
         for r in rows:
             size = "x".join(map(str, r["size"]))
             head = (f"| {r['model']} | {r['params'] / 1e6:.2f} | {_fmt(r['gflops_360x480'])} | {size} "
-                    f"| {r['precision']} | {r['mode']} | {r['batch']} |")
+                    f"| {r['precision']} | {r['mode']} | {r.get('threads', '')} | {r['batch']} |")
             if "error" in r:
                 lines.append(f"{head} - | - | {r['error']} | 0 |")
             else:
@@ -432,21 +478,26 @@ def to_markdown(report: dict) -> str:
                 lines.append(f"{head} {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | {rate:.1f} "
                              f"| {r['iters']} |")
     elif report["kind"] == "segmenter":
-        lines += ["| backend | frame | network input | p50 ms | p99 ms | FPS | speed-up vs naive "
-                  "| labels = first backend | runs as | calls |", "|" + "---|" * 10]
+        lines += ["| backend | precision | threads | frame | network input | p50 ms | p99 ms | FPS | speed-up vs naive "
+                  "| labels = first backend | runs as | calls |", "|" + "---|" * 12]
         for r in rows:
             frame = "x".join(map(str, r["frame_size"]))
             net = "x".join(map(str, r["input_size"]))
+            head = f"| {r['backend']} | {r.get('precision', 'fp32')} | {r.get('threads', '')} | {frame} | {net}"
             if "error" in r:
-                lines.append(f"| {r['backend']} | {frame} | {net} | - | - | - | - | - | {r['error']} | 0 |")
+                lines.append(f"{head} | - | - | - | - | - | {r['error']} | 0 |")
                 continue
             d = r.get("describe", {})
             runs = d.get("backend", "")
             if d.get("providers"):
                 runs += " (" + ", ".join(d["providers"]) + ")"
-            lines.append(f"| {r['backend']} | {frame} | {net} | {r['latency_ms']['p50']:.2f} "
+            lines.append(f"{head} | {r['latency_ms']['p50']:.2f} "
                          f"| {r['latency_ms']['p99']:.2f} | {r['fps']:.2f} | {_fmt(r.get('speedup_vs_naive'))} "
                          f"| {100 * r['labels_agreement_vs_first']:.2f}% | {runs} | {r['iters']} |")
+    elif report["kind"] == "pareto":
+        from msseg_core.pareto import to_markdown as pareto_markdown
+
+        lines += pareto_markdown(report)
     elif report["kind"] == "node":
         rate_rows = [r for r in rows if r.get("mode") == "rate"]
         rows = [r for r in rows if r.get("mode") != "rate"]
@@ -456,7 +507,7 @@ def to_markdown(report: dict) -> str:
         for r in rows:
             frame = "x".join(map(str, r["frame_size"] or ["?"]))
             if "error" in r:
-                lines.append(f"| {frame} | - | - | - | - | - | - | {r['error']} | - |")
+                lines.append(error_row([frame], r["error"], 9, error_at=7))
                 continue
             n, b = r["node_latency_ms"], r["bare_latency_ms"]
             lines.append(f"| {frame} | {r['frames']} | {n['p50']:.2f} | {n['p99']:.2f} | {b['p50']:.2f} "
@@ -486,16 +537,25 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
+def error_row(lead: list[str], error: str, columns: int, error_at: int = -1) -> str:
+    """A Markdown table row for a measurement that failed: the leading cells, '-' in the others, and the
+    error in column `error_at`, so a report shows what broke instead of losing the row."""
+    cells = [*lead, *["-"] * (columns - len(lead))]
+    cells[error_at] = error
+    return "| " + " | ".join(cells) + " |"
+
+
 # --------------------------------------------------------------------------------------- CLI
 
 
-def _split(text: str | None) -> list[str]:
+def split_list(text: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 def _ints(text: str) -> list[int]:
     try:
-        values = [int(v) for v in _split(text)]
+        values = [int(v) for v in split_list(text)]
     except ValueError:
         raise SystemExit(f"msseg-bench: expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
@@ -503,10 +563,10 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _sizes(text: str) -> list[tuple[int, int]]:
+def parse_sizes(text: str) -> list[tuple[int, int]]:
     """'360x480,720x960' -> [(360, 480), (720, 960)] (height x width)."""
     sizes = []
-    for item in _split(text):
+    for item in split_list(text):
         try:
             h, w = (int(v) for v in item.lower().split("x"))
         except ValueError:
@@ -519,7 +579,8 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def _common(p: argparse.ArgumentParser, iters: int, warmup: int, max_seconds: float) -> None:
+def add_common_arguments(p: argparse.ArgumentParser, iters: int, warmup: int, max_seconds: float) -> None:
+    """Options every subcommand has (also `msseg-bench node`, in msseg_ros.bench_node)."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every usable core)")
     p.add_argument("--iters", type=int, default=iters, help="timed calls per configuration (at most)")
@@ -542,10 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-args", default="",
                    help='JSON builder kwargs, for all models ({"width": 0.25}) or per model ({"mssanet": {...}})')
     m.add_argument("--sizes", default="360x480,512x768,720x960", help="network input sizes HxW")
-    m.add_argument("--precision", default="fp32,fp16", help="fp32, fp16 (CUDA only), bf16")
+    m.add_argument("--precision", default="fp32,fp16", help="fp32, fp16 (CUDA only), bf16, int8")
     m.add_argument("--modes", default="eager,compiled", help=", ".join(MODEL_MODES))
+    # (--precision int8: onnxruntime/openvino/tensorrt modes, a speed-only QDQ file)
     m.add_argument("--batch", default="1,8", help="batch sizes (1: latency and FPS; >1: throughput)")
-    _common(m, iters=50, warmup=10, max_seconds=30.0)
+    add_common_arguments(m, iters=50, warmup=10, max_seconds=30.0)
 
     s = sub.add_parser("segmenter", help="Segmenter end to end (uint8 frame in, uint8 outputs out) per backend",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -557,29 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backends", default="naive,torch,onnxruntime", help=", ".join(SEGMENTER_BACKENDS))
     s.add_argument("--outputs", default=",".join(OUTPUTS), help="outputs requested per frame")
     s.add_argument("--frames", type=int, default=8, help="distinct synthetic frames, cycled")
-    s.add_argument("--precision", default="fp32", help="Segmenter precision (naive is always fp32)")
+    s.add_argument("--precision", default="fp32", help="Segmenter precisions, e.g. fp32,int8 (naive: fp32 only)")
     s.add_argument("--compile", action="store_true", help="Segmenter option compile (PyTorch backend)")
     s.add_argument("--cuda-graphs", action="store_true", help="Segmenter option cuda_graphs (CUDA only)")
-    _common(s, iters=30, warmup=3, max_seconds=60.0)
+    add_common_arguments(s, iters=30, warmup=3, max_seconds=60.0)
 
-    n = sub.add_parser("node", help="the ROS node end to end over DDS vs the bare Segmenter (needs rclpy)",
+    from msseg_core import pareto
+
+    c = sub.add_parser("pareto", help="mIoU against frames/s for every model x engine x precision, one chart",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    n.add_argument("--checkpoint", default="", help="checkpoint ('' = the packaged model)")
-    n.add_argument("--sizes", default="360x480,720x960", help="frame sizes HxW")
-    n.add_argument("--frames", type=int, default=30, help="timed frames per size (lock-step)")
-    n.add_argument("--backend", default="auto", help="node and bare Segmenter backend")
-    n.add_argument("--precision", default="fp32")
-    n.add_argument("--node-params", default="", help="more node parameters, e.g. pipelined:=false,road_ego_only:=true")
-    n.add_argument("--modes", default="lockstep,rate", help="lockstep (latency) and/or rate (throughput)")
-    n.add_argument("--rate-outputs", default="labels,all",
-                   help="rate rows: labels (vs Segmenter.predict) and/or all five outputs (vs Segmenter.segment)")
-    n.add_argument("--phase-seconds", type=float, default=5.0, help="rate: length of each bare / node phase")
-    n.add_argument("--rounds", type=int, default=3, help="rate: bare / bare pipelined / node phases per row")
-    n.add_argument("--feed-factor", type=float, default=1.25,
-                   help="rate: frames published per frame of the faster bare rate")
-    n.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's outputs")
-    n.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the node to come up")
-    _common(n, iters=30, warmup=3, max_seconds=600.0)
+    pareto.add_arguments(c)
+    add_common_arguments(c, iters=30, warmup=3, max_seconds=20.0)
+
     return p
 
 
@@ -602,19 +653,12 @@ def write_report(report: dict, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if args.command == "model":
-        report = bench_models(args)
-    elif args.command == "segmenter":
-        report = bench_segmenter(args)
+    if args.command == "pareto":
+        from msseg_core.pareto import run as bench_pareto
+
+        report = bench_pareto(args)
     else:
-        try:
-            from msseg_ros import bench_node
-        except ImportError as exc:
-            print(f"msseg-bench node needs ROS 2 (rclpy): {exc}", file=sys.stderr)
-            return 2
-        report = bench_node.run(args)
-        report["env"] = environment(resolve_device(args.device), args.threads or default_threads())
-        report["args"] = vars(args)
+        report = bench_models(args) if args.command == "model" else bench_segmenter(args)
     write_report(report, args)
     failed = [r for r in report["results"] if "error" in r and not str(r["error"]).startswith("skipped")]
     return 1 if failed and len(failed) == len(report["results"]) else 0

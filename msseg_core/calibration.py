@@ -155,6 +155,8 @@ def plot_reliability(result: CalibrationResult, path: str | Path, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from msseg_core.io import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=100, sharey=True)
     for ax, rel, name in ((axes[0], result.before, "T = 1"), (axes[1], result.after, f"T = {result.temperature:.2f}")):
         edges = np.linspace(0, 1, rel.bins + 1)
@@ -172,12 +174,7 @@ def plot_reliability(result: CalibrationResult, path: str | Path, title: str = "
     axes[0].legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -188,6 +185,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="val", help="held-out split to fit on (never the training split)")
     p.add_argument("--dataset", default=None, help="dataset loader (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="where to write the calibrated checkpoint (may be --checkpoint)")
+    p.add_argument("--half", action="store_true",
+                   help="store the weights as fp16 (half the file, how the zoo ships them; inference casts back)")
     p.add_argument("--png", default=None, help="reliability diagram before / after")
     p.add_argument("--json", default=None, help="write the figures as JSON")
     p.add_argument("--pixels-per-image", type=int, default=20000, help="labelled pixels sampled per image for the fit")
@@ -216,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {**result.summary(), "split": args.split, "checkpoint": str(path)}
     meta.temperature = result.temperature
     meta.metrics = {**meta.metrics, "calibration": summary}
-    save_checkpoint(args.out, model, meta, half=stored_half(path))
+    save_checkpoint(args.out, model, meta, half=args.half or stored_half(path))
     print(f"temperature {result.temperature:.3f}: ECE {100 * result.before.ece:.2f}% -> {100 * result.after.ece:.2f}% "
           f"on {summary['pixels_scored']} pixels of {args.split}; wrote {args.out}")
     if args.png:

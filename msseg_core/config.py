@@ -70,7 +70,7 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 16
     val_batch_size: int = 8
-    class_weighting: str = "none"  # none | mfb (median frequency balancing)
+    class_weighting: str = "none"  # none | mfb (median frequency balancing) | mfb_sqrt (its square root)
     amp: bool = True  # autocast on CUDA; ignored on the CPU
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 adds a GradScaler)
     seed: int = 0
@@ -129,7 +129,7 @@ class Recipe:
         choices = {
             "optim.name": (self.optim.name, ("adam", "adamw", "sgd")),
             "optim.schedule": (self.optim.schedule, ("poly", "onecycle")),
-            "train.class_weighting": (self.train.class_weighting, ("none", "mfb")),
+            "train.class_weighting": (self.train.class_weighting, ("none", "mfb", "mfb_sqrt")),
             "train.amp_dtype": (self.train.amp_dtype, ("bf16", "fp16")),
             "data.pipeline": (self.data.pipeline, ("gpu_resident", "loader")),
             "train.channels_last": (self.train.channels_last, ("auto", "on", "off")),

@@ -4,7 +4,9 @@ Teacher logits are computed once per training image (at `target_scale` of its si
 frames at 0.5x take 350 MB) and cut by the same scale / crop / flip as each training crop
 (`GpuResidentData.set_soft_targets`), so teacher and student look at the same view while the
 teacher costs one forward pass per image for the whole run instead of one per crop and epoch. The
-teacher sees the un-jittered frame at its own input size and normalisation: its best guess.
+teacher sees the un-jittered frame at its own input size and normalisation, through `Segmenter`, so a
+calibrated teacher's logits arrive divided by its temperature: its best guess, as probabilities that
+mean what they say; `temperature` below softens both sides further.
 
 Loss (Hinton et al. 2015, per pixel as in Liu et al.'s structured distillation):
     CE_w(student, labels) + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))

@@ -104,6 +104,8 @@ def plot_confusion(cm: ConfusionMatrix, class_names: Sequence[str], path: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from msseg_core.io import save_figure
+
     rows = cm.mat.sum(1, keepdims=True)
     norm = np.divide(cm.mat, np.maximum(rows, 1), dtype=np.float64)
     n = len(class_names)
@@ -121,12 +123,7 @@ def plot_confusion(cm: ConfusionMatrix, class_names: Sequence[str], path: str | 
                     ax.text(c, r, f"{norm[r, c]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if norm[r, c] > 0.5 else "black")
     ax.set_title(title or f"confusion (row-normalised), mIoU {100 * cm.miou:.1f}%")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def report(cm: ConfusionMatrix, class_names: Sequence[str], checkpoint: str) -> dict:

@@ -123,6 +123,15 @@ def load_onnx_meta(path: str | os.PathLike) -> CheckpointMeta:
     return meta_from_props({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
+def onnx_input_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of an ONNX file's input, or None where they are dynamic."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    h, w = dims[2].dim_value, dims[3].dim_value
+    return (int(h), int(w)) if h > 0 and w > 0 else None
+
+
 @contextlib.contextmanager
 def _quiet_logging():
     """The exporters log every optimisation pass at INFO; keep the caller's log readable."""
@@ -178,12 +187,8 @@ def export_onnx(model: nn.Module, meta: CheckpointMeta, path: str | os.PathLike,
     """
     import onnx
 
-    h, w = (int(v) for v in (input_size or meta.input_size))
     path = Path(path)
-    model = _on_cpu(model).eval()
-    x = example_input(1, h, w, meta)
-    if fp16:
-        model, x = _half_copy(model), x.half()
+    model, x = _trace_pair(model, meta, input_size, fp16)
 
     def write(tmp: str) -> None:
         _torch_onnx_export(model, x, tmp, opset, dynamic_batch or dynamic, dynamic, exporter)
@@ -191,13 +196,24 @@ def export_onnx(model: nn.Module, meta: CheckpointMeta, path: str | os.PathLike,
         extra = {"precision": "fp16" if fp16 else "fp32", "dynamic": dynamic,
                  "dynamic_batch": dynamic_batch or dynamic}
         del proto.metadata_props[:]
-        for key, value in onnx_metadata(_export_meta(meta, h, w), extra).items():
+        for key, value in onnx_metadata(_export_meta(meta, *x.shape[-2:]), extra).items():
             proto.metadata_props.add(key=key, value=value)
         proto.producer_name = "msseg"
         proto.doc_string = f"msseg {meta.model}: {INPUT_NAME} NCHW normalised RGB -> {OUTPUT_NAME} NCHW"
         onnx.save(proto, tmp)
 
     return atomic_write(path, write, suffix=".tmp.onnx", durable=False)
+
+
+def _trace_pair(model: nn.Module, meta: CheckpointMeta, input_size: Sequence[int] | None,
+                fp16: bool) -> tuple[nn.Module, torch.Tensor]:
+    """The model in eval mode on the CPU and an example input at the export size (both fp16 with `fp16`)."""
+    h, w = (int(v) for v in (input_size or meta.input_size))
+    model = _on_cpu(model).eval()
+    x = example_input(1, h, w, meta)
+    if fp16:
+        model, x = _half_copy(model), x.half()
+    return model, x
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:
@@ -234,12 +250,8 @@ def cached_onnx(model: nn.Module, meta: CheckpointMeta, input_size: Sequence[int
 def export_torchscript(model: nn.Module, meta: CheckpointMeta, path: str | os.PathLike,
                        input_size: Sequence[int] | None = None, fp16: bool = False) -> Path:
     """Trace `model` at the given size (scripting fails on most real models); metadata as an extra file."""
-    h, w = (int(v) for v in (input_size or meta.input_size))
     path = Path(path)
-    model = _on_cpu(model).eval()
-    x = example_input(1, h, w, meta)
-    if fp16:
-        model, x = _half_copy(model), x.half()
+    model, x = _trace_pair(model, meta, input_size, fp16)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (x,), check_trace=False)
@@ -247,7 +259,7 @@ def export_torchscript(model: nn.Module, meta: CheckpointMeta, path: str | os.Pa
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.jit.save(traced, tmp, _extra_files={TORCHSCRIPT_META: _export_meta(meta, h, w).to_json()})
+            torch.jit.save(traced, tmp, _extra_files={TORCHSCRIPT_META: _export_meta(meta, *x.shape[-2:]).to_json()})
 
     return atomic_write(path, write, durable=False)
 

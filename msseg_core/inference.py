@@ -18,25 +18,26 @@ Two stages, for pipelines: `run_network` (upload, preprocess, network) returns a
 owns its tensors, and `postprocess` turns it into the outputs. A caller with two threads runs the
 network on frame N+1 while frame N is post-processed (the ROS node does); `segment` is the two stages
 back to back. Each stage has its own buffers and lock, so the two may run at the same time.
+`run_network_batch` is the first stage for several frames at once (e.g. one per camera, any sizes):
+one forward pass, one `NetworkOutput` per frame for `postprocess`.
 
-Threads: `threads` (default: the usable cores) sets PyTorch's process-wide intra-op pool and ONNX
-Runtime's. On a CPU shared with other busy processes fewer threads can be much faster (OpenMP
-barriers stall when a worker thread is descheduled); measure with `msseg-bench segmenter --threads`.
+Threads: `threads` (default: the usable cores) sets PyTorch's process-wide intra-op pool and the
+CPU engines' (ONNX Runtime, OpenVINO). On a CPU shared with other busy processes fewer threads can be
+much faster (OpenMP barriers stall when a worker thread is descheduled); measure with
+`msseg-bench segmenter --threads`.
 
-`backend='auto'` (the default) runs PyTorch on CUDA and, on the CPU at fp32, ONNX Runtime when it is
-measurably faster for this model at this input size (timed once at start-up, then cached with the
-exported ONNX file under `cache_dir()`; see BENCHMARKS.md for the measurements behind the rule).
+Engines (`backend`): torch, onnxruntime, openvino, tensorrt; `precision` int8 runs the calibrated QDQ
+file from msseg-quantize (found beside the checkpoint). `backend='auto'` (the default) times the
+installed engines that can run the device and precision once at start-up and keeps the fastest that
+agrees with PyTorch (cached; `engines.py` has the rule, BENCHMARKS.md the measurements behind it).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -47,9 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msseg_core.backends import OrtBackend, TorchBackend, cpu_name, default_threads
+from msseg_core.backends import OrtBackend, TorchBackend, default_threads
 from msseg_core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
-from msseg_core.io import write_json_atomic
+from msseg_core.engines import BACKENDS as BACKENDS  # re-exported: the CLIs and the node validate with it
+from msseg_core.engines import EngineFactory, EngineRequest, check_supported
 from msseg_core.postprocess import (
     argmax_planes,
     blend,
@@ -71,12 +73,7 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
                         module=__name__)
 
 OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-BACKENDS = ("auto", "torch", "onnxruntime")
-# 'auto' picks ONNX Runtime only when its median forward time is below this fraction of PyTorch's.
-AUTO_MARGIN = 0.9
-# Start-up timing budget of 'auto' (seconds, after one warm-up each): enough to see a 10% difference.
-AUTO_BUDGET_S = 6.0
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": None}
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -166,22 +163,24 @@ class Segmenter:
     """A trained network plus its metadata, ready to segment RGB frames.
 
     Options (keyword-only, all with sensible defaults):
-      backend: 'auto' | 'torch' | 'onnxruntime' (see the module docstring).
-      threads: CPU intra-op threads for PyTorch and ONNX Runtime (default: the usable cores).
+      backend: 'auto' | 'torch' | 'onnxruntime' | 'openvino' | 'tensorrt' (see engines.py).
+      threads: CPU intra-op threads for PyTorch, ONNX Runtime and OpenVINO (default: the usable cores).
       channels_last: NHWC memory for the PyTorch network (default on: faster with cuDNN and oneDNN).
       fuse: fold BatchNorm into convolutions for the PyTorch backend (checked numerically).
       compile: torch.compile the PyTorch network (slow first frames; worth it on GPUs).
       cuda_graphs: capture the network in a CUDA graph per input shape (CUDA only; falls back with a
         warning if capture fails).
-      onnx_path: an existing .onnx file for the ONNX Runtime backend instead of exporting one.
-      cache_dir: where on-the-fly ONNX exports and the 'auto' decision are cached.
+      onnx_path: an existing .onnx file (an export, or the INT8 QDQ file) for the ONNX-based engines
+        instead of exporting one.
+      cache_dir: where ONNX exports, compiled engines and the 'auto' decision are cached.
+      openvino_device: the OpenVINO device ('CPU', or 'GPU' for an Intel GPU).
     """
 
     def __init__(self, model: nn.Module | None, meta: CheckpointMeta, device: str = "auto",
                  precision: str = "fp32", input_size: Sequence[int] | None = None, *, backend: str = "auto",
                  threads: int | None = None, channels_last: bool | None = None, fuse: bool = True,
                  compile: bool = False, cuda_graphs: bool = False, onnx_path: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, openvino_device: str = "CPU"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if backend not in BACKENDS:
@@ -204,19 +203,27 @@ class Segmenter:
         self.threads = int(threads) if threads else default_threads()
         if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)  # process-wide: PyTorch has one intra-op pool
-        self._cache_dir = Path(cache_dir) if cache_dir else None
         self._options = dict(channels_last=channels_last, fuse=fuse, compile=compile, cuda_graphs=cuda_graphs)
         self.model = model.eval() if model is not None else None
-        self.backend_timings: dict[str, float] = {}
-        self.net = self._make_backend(backend, onnx_path)
-        if isinstance(self.net, TorchBackend):
-            self.model = self.net.model  # the module that runs: hooks registered on it fire
-        self.backend = self.net.name
         std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         # x_norm = (u8 / 255 - mean) / std = u8 * scale + shift
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
+        from msseg_core.export import cache_dir as default_cache_dir
+
+        self.engines = EngineFactory(EngineRequest(
+            model=self.model, meta=meta, device=self.device, precision=precision, input_size=self.input_size,
+            threads=self.threads, torch_options=self._options,
+            cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+            onnx_path=Path(onnx_path) if onnx_path else None, openvino_device=openvino_device,
+            probe=self._probe_input))
+        self.net = self.engines.create(backend)
+        self.onnx_path = self.engines.onnx_path
+        self.backend_timings: dict[str, float] = self.engines.timings
+        if isinstance(self.net, TorchBackend):
+            self.model = self.net.model  # the module that runs: hooks registered on it fire
+        self.backend = self.net.name
         self._palette = torch.tensor(meta.palette, dtype=torch.uint8, device=self.device)
         self._palette256 = np.zeros((1, 256, 3), np.uint8)  # cv2.LUT table; ids >= num_classes never occur
         self._palette256[0, :min(256, self.num_classes)] = self.palette[:256]
@@ -243,12 +250,20 @@ class Segmenter:
         if path.suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device, precision=precision, input_size=input_size, **options)
         model, meta = load_checkpoint(path, device="cpu")
+        if precision == "int8" and not options.get("onnx_path"):  # the calibrated file beside the checkpoint
+            from msseg_core.quantize import find_int8_model
+
+            dev = resolve_device(device)
+            check_supported(options.get("backend", "auto"), dev, precision)  # a wrong engine says so first
+            target = "tensorrt" if dev.type == "cuda" else "cpu"  # TensorRT has its own file (quantize.py)
+            options["onnx_path"] = find_int8_model(path, model, meta, input_size, target)
         return cls(model, meta, device=device, precision=precision, input_size=input_size, **options)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
                   input_size: Sequence[int] | None = None, **options) -> Segmenter:
-        """An ONNX file written by msseg-export: metadata from its metadata_props, no checkpoint needed."""
+        """An ONNX file written by msseg-export or msseg-quantize: metadata from its metadata_props, no
+        checkpoint needed. Any ONNX engine may run it (`backend`, default auto); an INT8 file runs at int8."""
         from msseg_core.export import load_onnx_meta
 
         meta = load_onnx_meta(path)
@@ -257,102 +272,11 @@ class Segmenter:
             if not dynamic:
                 raise ValueError(f"{path} was exported at {tuple(meta.input_size)}; it cannot run at "
                                  f"{tuple(input_size)} (export again with --height/--width or --dynamic)")
-        options = {k: v for k, v in options.items() if k != "backend"}
-        return cls(None, meta, device=device, precision=precision, input_size=input_size,
-                   backend="onnxruntime", onnx_path=path, **options)
-
-    def _make_backend(self, backend: str, onnx_path: str | os.PathLike | None) -> TorchBackend | OrtBackend:
-        if backend == "torch" or (backend == "auto" and not self._auto_wants_ort(onnx_path)):
-            if self.model is None:
-                raise ValueError("backend 'torch' needs a PyTorch model (a checkpoint, not a bare .onnx)")
-            return self._torch_backend()
-        if self.precision == "bf16":
-            raise ValueError("backend onnxruntime runs fp32 (or an fp16 export); use backend torch for bf16")
-        try:
-            ort_net = self._ort_backend(onnx_path)
-        except Exception as exc:
-            if backend == "onnxruntime" or self.model is None:
-                raise
-            log.warning("ONNX Runtime backend unavailable (%s); using PyTorch", exc)
-            return self._torch_backend()
-        if backend == "onnxruntime":
-            return ort_net
-        return self._auto_choose(ort_net)
-
-    def _torch_backend(self, channels_last: bool | None = None) -> TorchBackend:
-        options = dict(self._options)
-        if channels_last is not None:
-            options["channels_last"] = channels_last
-        return TorchBackend(self.model, self.device, self.precision, self.input_size, **options)
-
-    def _auto_wants_ort(self, onnx_path) -> bool:
-        """'auto' considers ONNX Runtime only where it can win: CPU, fp32, onnxruntime installed."""
-        if self.model is None:
-            return True
-        if self.device.type != "cpu" or self.precision != "fp32" or self._options["compile"]:
-            return False
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def _ort_backend(self, onnx_path: str | os.PathLike | None) -> OrtBackend:
-        from msseg_core.export import cache_dir, cached_onnx
-
-        cdir = self._cache_dir or cache_dir()
-        if onnx_path is None:
-            onnx_path = cached_onnx(self.model, self.meta, self.input_size, cdir,
-                                    fp16=self.precision == "fp16")
-        net = OrtBackend(onnx_path, self.device, threads=self.threads, precision=self.precision,
-                         cache_dir=cdir / "trt")
-        if net.input_size is not None and net.input_size != self.input_size:
-            raise ValueError(f"{onnx_path} takes {net.input_size} inputs, not {self.input_size}")
-        self.onnx_path = Path(onnx_path)
-        return net
-
-    def _auto_choose(self, ort_net: OrtBackend) -> TorchBackend | OrtBackend:
-        """Time the candidates on this model and size (once; the choice is cached with the export).
-
-        Candidates: ONNX Runtime, PyTorch channels_last and, unless channels_last was forced, PyTorch
-        NCHW (which layout oneDNN runs faster depends on the model: measured both ways, BENCHMARKS.md).
-        ONNX Runtime must beat the faster PyTorch variant by AUTO_MARGIN and reproduce its logits.
-        """
-        from msseg_core.export import cache_dir
-
-        key = {"rule": 2, "cpu": cpu_name(), "threads": self.threads, "onnx": _file_id(self.onnx_path),
-               "torch": torch.__version__, "onnxruntime": _ort_version(), "options": repr(self._options)}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        choice_file = (self._cache_dir or cache_dir()) / f"{self.onnx_path.stem}.{digest}.choice.json"
-        variants = {"torch": None, "torch_nchw": False}  # name -> channels_last override
-        try:
-            cached = json.loads(choice_file.read_text())
-            if cached.get("key") == key and cached["backend"] in ("onnxruntime", *variants):
-                self.backend_timings = cached["timings"]
-                log.info("backend auto: %s (cached measurement %s)", cached["backend"], self.backend_timings)
-                if cached["backend"] == "onnxruntime":
-                    return ort_net
-                return self._torch_backend(variants[cached["backend"]])
-        except (OSError, ValueError, KeyError):
-            pass
-        nets: dict = {"torch": self._torch_backend()}
-        if self._options["channels_last"] is None and nets["torch"].channels_last:
-            nets["torch_nchw"] = self._torch_backend(channels_last=False)
-        nets["onnxruntime"] = ort_net
-        x = torch.randn(1, 3, *self.input_size, generator=torch.Generator().manual_seed(0))
-        times, outs = _race(nets, x, AUTO_BUDGET_S)
-        self.backend_timings = {k: round(v * 1e3, 3) for k, v in times.items()}
-        best_torch = min((k for k in nets if k != "onnxruntime"), key=times.__getitem__)
-        winner = "onnxruntime" if times["onnxruntime"] < AUTO_MARGIN * times[best_torch] else best_torch
-        ref, got = outs["torch"], outs["onnxruntime"]
-        scale = max(1.0, ref.abs().max().item())
-        if ref.shape != got.shape or (ref - got).abs().max().item() > 1e-3 * scale:
-            log.warning("backend auto: the ONNX export's logits differ from PyTorch's; using PyTorch")
-            winner = best_torch
-        log.info("backend auto: %s (median forward ms %s)", winner, self.backend_timings)
-        with contextlib.suppress(OSError):
-            write_json_atomic(choice_file, {"key": key, "backend": winner, "timings": self.backend_timings})
-        return nets[winner]
+        if json.loads(_onnx_prop(path, "precision") or '"fp32"') == "int8":
+            if precision not in ("fp32", "int8"):
+                raise ValueError(f"{path} is an INT8 model; it runs at precision int8, not {precision}")
+            precision = "int8"
+        return cls(None, meta, device=device, precision=precision, input_size=input_size, onnx_path=path, **options)
 
     # -- what the ids mean -------------------------------------------------------------------
     @property
@@ -383,13 +307,22 @@ class Segmenter:
             self._road_lut_np = lut[:256].cpu().numpy()
 
     def describe(self) -> dict:
-        """What runs: backend, providers, precision, threads, options (for logs and benchmarks)."""
+        """What runs: backend, providers, precision, threads, options and, with backend 'auto', the
+        decision (`auto`: choice, median forward ms per engine, label agreement, skipped engines)."""
         info = {"model": self.meta.model, "backend": self.backend, "device": str(self.device),
                 "precision": self.precision, "input_size": list(self.input_size), "threads": self.threads}
-        if isinstance(self.net, OrtBackend):
-            info["providers"] = self.net.active_providers
-        else:
+        if isinstance(self.net, TorchBackend):
             info.update(self._options, channels_last=self.net.channels_last, bn_folded=self.net.folded)
+        elif isinstance(self.net, OrtBackend):
+            info["providers"] = self.net.active_providers
+        else:  # OpenVINO / TensorRT: a compiled engine, loaded from the cache or built now
+            info["engine_cache"] = "built" if self.net.built else "loaded"
+            if hasattr(self.net, "cuda_graphs"):
+                info["cuda_graphs"] = self.net.cuda_graphs  # TensorRT: False = the graph-free fallback
+        if self.onnx_path is not None and not isinstance(self.net, TorchBackend):
+            info["onnx"] = str(self.onnx_path)
+        if self.engines.report:
+            info["auto"] = self.engines.report
         if self.backend_timings:
             info["auto_timings_ms"] = self.backend_timings
         return info
@@ -416,11 +349,11 @@ class Segmenter:
         self._h2d_done.record()
         return dev
 
-    def _preprocess(self, frames: torch.Tensor, key: tuple | None) -> torch.Tensor:
+    def _preprocess(self, frames: torch.Tensor, key: tuple | None, channels_last: bool | None = None) -> torch.Tensor:
         """N x H x W x 3 uint8 on the device -> N x 3 x h x w normalised float32 network input."""
         x = resize_u8(frames.permute(0, 3, 1, 2), self.input_size)  # permute: a channels_last view
         shape = (x.shape[0], 3, *self.input_size)
-        want_cl = isinstance(self.net, TorchBackend) and self.net.channels_last
+        want_cl = self.net.channels_last if channels_last is None else channels_last
         if key is None:
             out = torch.empty(shape, dtype=torch.float32, device=self.device)
             if want_cl:
@@ -428,6 +361,22 @@ class Segmenter:
         else:
             out = self._bufs.get(key, "net_in", shape, torch.float32, self.device, channels_last=want_cl)
         return torch.mul(x, self._scale, out=out).add_(self._shift)
+
+    @torch.inference_mode()
+    def network_input(self, rgb: np.ndarray) -> torch.Tensor:
+        """1 x 3 x h x w float32 NCHW: a frame exactly as every engine receives it (INT8 calibration uses it)."""
+        check_image(rgb)
+        return self._preprocess(torch.from_numpy(np.ascontiguousarray(rgb[None])).to(self.device), None,
+                                channels_last=False).contiguous()
+
+    def _probe_input(self) -> torch.Tensor:
+        """A synthetic street frame as the network sees it: what 'auto' checks every engine's labels on."""
+        from msseg_core.synthetic import render_scene
+
+        h, w = self.input_size
+        shrink = min(1.0, (360 * 480 / (h * w)) ** 0.5)  # rendering costs ~1 s per 360x480 frame
+        rgb, _ = render_scene(0, max(8, round(w * shrink)), max(8, round(h * shrink)))
+        return self._preprocess(torch.from_numpy(rgb[None]).to(self.device), None, channels_last=False)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
@@ -593,6 +542,26 @@ class Segmenter:
             return self._network_stage(rgb[None], owned=True)
 
     @torch.inference_mode()
+    def run_network_batch(self, frames: Sequence[np.ndarray]) -> list[NetworkOutput]:
+        """`run_network` for several frames in one forward pass (batching amortises the network's fixed
+        costs, e.g. one frame from each of several cameras): one `NetworkOutput` per frame, in order.
+
+        Frames may differ in size: each is resized to the network size on its own, then the network
+        sees one N x 3 x h x w batch. As with `run_network`, keep the frames unchanged until post-processed.
+        """
+        for rgb in frames:
+            check_image(rgb)
+        if not frames:
+            return []
+        with self._lock:
+            uploaded = [self._upload(rgb[None], rgb[None].shape[:3], owned=True) for rgb in frames]
+            x = torch.cat([self._preprocess(f, None) for f in uploaded])
+            if self.net.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = self._network(x).clone(memory_format=torch.contiguous_format)  # owned, NCHW
+        return [NetworkOutput(f, logits[i:i + 1]) for i, f in enumerate(uploaded)]
+
+    @torch.inference_mode()
     def postprocess(self, net: NetworkOutput, outputs: Iterable[str] = OUTPUTS,
                     overlay_alpha: float = 0.5) -> dict[str, np.ndarray]:
         """The second half of `segment`: a `run_network` result -> the requested outputs of its one frame.
@@ -639,39 +608,6 @@ def download_packed(result: dict[str, torch.Tensor], staging: torch.Tensor) -> d
         out[k] = host[start:start + size].reshape(result[k].shape).copy()  # the staging buffer is reused
         start += size
     return out
-
-
-def _race(nets: dict, x: torch.Tensor, budget_s: float) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Median forward time of each backend (one warm-up each, then interleaved rounds within a
-    budget) and each one's output for `x` (to check they agree)."""
-    samples: dict[str, list[float]] = {k: [] for k in nets}
-    outs: dict[str, torch.Tensor] = {}
-    with torch.inference_mode():
-        for k, net in nets.items():
-            outs[k] = net(x).float().clone()
-        start = time.perf_counter()
-        for rounds in range(1, 8):
-            for k, net in nets.items():
-                t0 = time.perf_counter()
-                net(x)
-                samples[k].append(time.perf_counter() - t0)
-            if rounds >= 3 and time.perf_counter() - start > budget_s:
-                break
-    return {k: float(np.median(v)) for k, v in samples.items()}, outs
-
-
-def _ort_version() -> str:
-    try:
-        import onnxruntime
-
-        return onnxruntime.__version__
-    except ImportError:
-        return ""
-
-
-def _file_id(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _onnx_prop(path: str | os.PathLike, key: str) -> str | None:

@@ -56,3 +56,19 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Fal
 def write_json_atomic(path: str | os.PathLike, obj: Any, durable: bool = False) -> Path:
     """JSON, indented, newline-terminated."""
     return write_text_atomic(path, json.dumps(obj, indent=2) + "\n", durable=durable)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, tight: bool = True) -> Path:
+    """Write a matplotlib figure (atomically; PNG by the path's extension) and free it: figures are
+    large, and pyplot keeps every open one alive."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if tight:
+        fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"),
+                     suffix=".tmp" + path.suffix, durable=False)
+    finally:
+        plt.close(fig)
+    return path

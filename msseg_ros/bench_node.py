@@ -1,7 +1,10 @@
 """`msseg-bench node`: the real segmentation node over DDS versus the bare `Segmenter`, same frames.
 
-The node runs as a subprocess (`python -m msseg_ros.segmentation_node --ros-args -p checkpoint:=...
--r image:=...`) in a namespace of its own. Two measurements, each on the same frames as the bare
+The `msseg-bench` console script is this module's `main`: it runs `node` and hands every other
+subcommand (model, segmenter) to `msseg_core.bench.main`, so msseg_core never imports ROS.
+
+The node runs as a subprocess (`segmentation_node --ros-args -p checkpoint:=... -r image:=...`) in a
+namespace of its own. Two measurements, each on the same frames as the bare
 `Segmenter` in this process with the same options:
 
 lockstep  latency. This process publishes one frame, waits until all five outputs with that frame's
@@ -24,6 +27,13 @@ rate      throughput, what a camera faster than the model gets. Phases of `--pha
           outputs received as serialized bytes (only the stamp is written and read), so the cost of
           this process's own message conversions does not slow the node it measures on a machine
           with few cores.
+cameras   (`--cameras 1,2,4`) one node serving N cameras against N single-camera nodes, on the same
+          frames: both configurations run side by side and are fed in alternating phases, every
+          camera at `--feed-factor` x the bare Segmenter's rate (so either configuration is
+          overloaded); aggregate rate = frames of all cameras whose labels came back within the
+          counting windows / window time; RSS = the resident memory of the node process(es) after
+          each phase (VmRSS, summed over the N nodes; peak: VmHWM). One model in one process against
+          N models in N processes.
 """
 
 from __future__ import annotations
@@ -32,20 +42,24 @@ import argparse
 import logging
 import os
 import queue
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from msseg_core.bench import _sizes, _split, latency_stats, synthetic_frames
-from msseg_core.inference import OUTPUTS, Segmenter
+from msseg_core import bench
+from msseg_core.backends import default_threads
+from msseg_core.bench import latency_stats, parse_sizes, split_list, synthetic_frames
+from msseg_core.inference import OUTPUTS, Segmenter, resolve_device
+from msseg_ros import topics
 from msseg_ros.cdr import cdr_stamp, set_cdr_stamp
-from msseg_ros.qos import apply_fastdds_profile
+
+if TYPE_CHECKING:  # rclpy is imported only when `node` runs: `msseg-bench model` needs no ROS
+    from msseg_ros.graph import NodeProcess
 
 log = logging.getLogger(__name__)
 STAMP_BASE = 1_000_000  # seconds; frame i has stamp (STAMP_BASE + i, 0)
@@ -53,69 +67,36 @@ NS = 1_000_000_000
 RATE_OUTPUTS = {"labels": ("labels",), "all": OUTPUTS}  # what the client subscribes to, per rate row
 
 
-class NodeProcess:
-    """The segmentation node as a child process, stopped with SIGINT (then SIGKILL) on exit."""
-
-    def __init__(self, namespace: str, params: dict[str, str], cache_dir: str | None = None):
-        self.log_path = Path(tempfile.mkstemp(prefix="msseg_bench_node_", suffix=".log")[1])
-        cmd = [sys.executable, "-m", "msseg_ros.segmentation_node", "--ros-args", "-r", f"__ns:={namespace}",
-               "-r", f"image:={namespace}/image"]
-        for key, value in params.items():
-            cmd += ["-p", f"{key}:={value}"]
-        self.cmd = cmd
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = os.environ.copy()
-        if cache_dir:
-            env["MSSEG_CACHE_DIR"] = str(cache_dir)  # the node's ONNX export cache, as for the bare Segmenter
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU seconds of the node process so far, in all ("total") and per named thread
-        (msseg_worker, msseg_publisher; the rest under "other"). Linux /proc; {} elsewhere."""
-        out = {"total": 0.0, "msseg_worker": 0.0, "msseg_publisher": 0.0, "other": 0.0}
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a process so far, in all ("total") and per named thread
+    (msseg_worker, msseg_publisher; the rest under "other"). Linux /proc; {} elsewhere."""
+    out = {"total": 0.0, "msseg_worker": 0.0, "msseg_publisher": 0.0, "other": 0.0}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return {}
+    for task in tasks:
         try:
-            tasks = list(Path(f"/proc/{self.proc.pid}/task").iterdir())
-        except OSError:
-            return {}
-        for task in tasks:
-            try:
-                name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # the thread ended meanwhile
-                continue
-            secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            out["total"] += secs
-            out[name if name in out else "other"] += secs
-        return out
-
-    def tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out["total"] += secs
+        out[name if name in out else "other"] += secs
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described in the module docstring; returns the report (kind 'node')."""
-    modes = _split(args.modes)
-    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(set(_split(args.rate_outputs)) - set(RATE_OUTPUTS))
+    modes = split_list(args.modes)
+    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(set(split_list(args.rate_outputs)) - set(RATE_OUTPUTS))
     if unknown or not modes:
         print(f"msseg-bench node: unknown --modes/--rate-outputs {unknown or modes}; modes are lockstep, rate; "
               f"rate outputs are {', '.join(RATE_OUTPUTS)}", file=sys.stderr)
         raise SystemExit(2)
+    from msseg_ros.qos import apply_fastdds_profile
+
     apply_fastdds_profile()  # before rclpy.init, for both processes (the child inherits the variables)
     import rclpy
     from rclpy.node import Node
@@ -124,6 +105,7 @@ def run(args: argparse.Namespace) -> dict:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
+    from msseg_ros.graph import NodeProcess, ros_arguments
     from msseg_ros.image_codec import encode_image
 
     checkpoint = args.checkpoint or ""
@@ -133,12 +115,14 @@ def run(args: argparse.Namespace) -> dict:
         params["checkpoint"] = str(Path(checkpoint).resolve())
     if args.threads:
         params["threads"] = str(args.threads)
-    for item in _split(args.node_params):  # e.g. pipelined:=false, to compare node settings
+    for item in split_list(args.node_params):  # e.g. pipelined:=false, to compare node settings
         key, _, value = item.partition(":=")
         params[key.strip()] = value.strip()
     bare = Segmenter.from_checkpoint(checkpoint or None, device=args.device, precision=args.precision,
                                      backend=args.backend, threads=args.threads or None, cache_dir=args.cache_dir)
-    node_proc = NodeProcess(namespace, params, args.cache_dir)
+    image_topic = topics.in_namespace(namespace, topics.IMAGE)
+    node_proc = NodeProcess("segmentation_node", ros_arguments(namespace, [(topics.IMAGE, image_topic)], params),
+                            env={"MSSEG_CACHE_DIR": str(args.cache_dir)} if args.cache_dir else None)
     rclpy.init()
     client = Node(f"msseg_bench_client_{os.getpid()}")
     arrivals: dict[str, dict[int, float]] = {name: {} for name in OUTPUTS}
@@ -151,14 +135,14 @@ def run(args: argparse.Namespace) -> dict:
 
     # Reliable publisher: matches the node's best-effort input; reliable outputs match our reliable subs.
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    pub = client.create_publisher(Image, f"{namespace}/image", reliable)
-    subs = [client.create_subscription(Image, f"{namespace}/{name}", callback(name), reliable, raw=True)
+    pub = client.create_publisher(Image, image_topic, reliable)
+    subs = [client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name), reliable, raw=True)
             for name in OUTPUTS]
     results = []
     try:
         _wait_ready(rclpy, client, pub, subs, node_proc, args.startup_timeout)
         frame_id = 0
-        for size in _sizes(args.sizes) if "lockstep" in modes else []:
+        for size in parse_sizes(args.sizes) if "lockstep" in modes else []:
             frames = synthetic_frames(8, *size)
             node_t, bare_t, lost = [], [], 0
             for k in range(args.warmup + args.frames):
@@ -168,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
                 msg = serialize_message(encode_image(frame, "rgb8", header))
                 t0 = time.perf_counter()
                 pub.publish(msg)
-                done = _spin_until(rclpy, client, lambda fid=frame_id: all(fid in arrivals[n] for n in OUTPUTS),
+                done = spin_until(rclpy, client, lambda fid=frame_id: all(fid in arrivals[n] for n in OUTPUTS),
                                    args.timeout, node_proc)
                 if done:
                     t_node = max(arrivals[n][frame_id] for n in OUTPUTS) - t0
@@ -207,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
-        node_proc.stop()
+        node_proc.stop(timeout=10.0)
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
 
 
@@ -224,7 +208,7 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
     rows = []
     stamp = [STAMP_BASE + 500_000]
     arrivals: dict[int, dict[str, float]] = {}  # stamp sec -> output -> arrival time
-    for which in _split(args.rate_outputs):
+    for which in split_list(args.rate_outputs):
         outputs = RATE_OUTPUTS[which]
 
         def callback(name):
@@ -233,10 +217,10 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
 
             return cb
 
-        subs = [client.create_subscription(Image, f"{namespace}/{name}", callback(name), reliable, raw=True)
-                for name in outputs]
+        subs = [client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name), reliable,
+                                           raw=True) for name in outputs]
         _wait_ready(rclpy, client, pub, subs, proc, args.startup_timeout)
-        for size in _sizes(args.sizes):
+        for size in parse_sizes(args.sizes):
             frames = synthetic_frames(8, *size)
             msgs = [bytearray(serialize_message(encode_image(f, "rgb8", Header(frame_id="camera")))) for f in frames]
 
@@ -253,15 +237,15 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
             node_cpu: dict[str, float] = {}
             fed = []
             for _ in range(args.rounds):
-                n, secs = _bare_phase(bare_call, frames, args.phase_seconds)
+                n, secs = bare_phase(bare_call, frames, args.phase_seconds)
                 bare_n, bare_s = bare_n + n, bare_s + secs
                 n, secs = _pipelined_phase(bare, frames, outputs, args.phase_seconds)
                 pipe_n, pipe_s = pipe_n + n, pipe_s + secs
                 feed_hz = args.feed_factor * max(bare_n / bare_s, pipe_n / pipe_s)
-                cpu0 = (proc.cpu_seconds(), time.process_time())
+                cpu0 = (thread_cpu_seconds(proc.pid), time.process_time())
                 n, secs, sent = _feed(rclpy, client, pub, msgs, stamp, feed_hz, args.phase_seconds, arrivals,
                                       outputs, proc)
-                for key, used in proc.cpu_seconds().items():
+                for key, used in thread_cpu_seconds(proc.pid).items():
                     node_cpu[key] = node_cpu.get(key, 0.0) + used - cpu0[0].get(key, 0.0)
                 feeder_cpu += time.process_time() - cpu0[1]
                 node_n, node_s = node_n + n, node_s + secs
@@ -287,7 +271,7 @@ def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, nam
     return rows
 
 
-def _bare_phase(call, frames, seconds: float) -> tuple[int, float]:
+def bare_phase(call, frames, seconds: float) -> tuple[int, float]:
     """Back-to-back calls for `seconds`: (calls, elapsed)."""
     n, t0 = 0, time.perf_counter()
     while True:
@@ -340,8 +324,8 @@ def _feed(rclpy, client, pub, msgs: list[bytearray], stamp: list[int], rate_hz: 
             pub.publish(bytes(msg))
             sent += 1
             next_t = max(next_t + period, now)  # a late publish does not cause a burst
-            if not proc.alive():
-                raise RuntimeError(f"the node exited (status {proc.proc.returncode}):\n{proc.tail()}")
+            if not proc.alive:
+                raise RuntimeError(f"the node exited (status {proc.returncode}):\n{proc.tail()}")
         rclpy.spin_once(client, timeout_sec=max(0.0, min(next_t - time.perf_counter(), 0.002)))
     drain_end = time.perf_counter() + 0.5
     while time.perf_counter() < drain_end:
@@ -351,21 +335,88 @@ def _feed(rclpy, client, pub, msgs: list[bytearray], stamp: list[int], rate_hz: 
     return sum(start <= t < end for t in done), end - start, sent
 
 
-def _spin_until(rclpy, node, predicate, timeout: float, proc: NodeProcess) -> bool:
+def spin_until(rclpy, node, predicate, timeout: float, proc: NodeProcess) -> bool:
+    """Spin `node` until `predicate()` holds (True) or `timeout` passes (False); the node under test
+    exiting meanwhile is an error with its last output lines."""
     deadline = time.perf_counter() + timeout
     while not predicate():
         if time.perf_counter() > deadline:
             return False
-        if not proc.alive():
-            raise RuntimeError(f"the node exited (status {proc.proc.returncode}):\n{proc.tail()}")
+        if not proc.alive:
+            raise RuntimeError(f"the node exited (status {proc.returncode}):\n{proc.tail()}")
         rclpy.spin_once(node, timeout_sec=0.005)
     return True
 
 
 def _wait_ready(rclpy, client, pub, subs, proc: NodeProcess, timeout: float) -> None:
     """Until the node subscribes to our frames and publishes every output (model loaded, DDS matched)."""
-    ok = _spin_until(rclpy, client, lambda: pub.get_subscription_count() > 0
+    ok = spin_until(rclpy, client, lambda: pub.get_subscription_count() > 0
                      and all(s.get_publisher_count() > 0 for s in subs), timeout, proc)
     if not ok:
         raise RuntimeError(f"the node did not come up within {timeout} s:\n{proc.tail()}")
     time.sleep(0.5)  # let the reliable writer-reader handshakes finish before the first frame
+
+
+# -- the msseg-bench console script -----------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """`msseg-bench node`'s options."""
+    n = argparse.ArgumentParser(prog="msseg-bench node", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    node = n.add_argument_group("the node and the bare Segmenter (the same settings)")
+    node.add_argument("--checkpoint", default="", help="checkpoint ('' = the packaged model)")
+    node.add_argument("--backend", default="auto", help="node and bare Segmenter backend")
+    node.add_argument("--precision", default="fp32")
+    node.add_argument("--node-params", default="",
+                      help="more node parameters, e.g. pipelined:=false,road_ego_only:=true")
+    frames = n.add_argument_group("frames and measurements")
+    frames.add_argument("--sizes", default="360x480,720x960", help="frame sizes HxW")
+    frames.add_argument("--modes", default="lockstep,rate", help="lockstep (latency) and/or rate (throughput)")
+    frames.add_argument("--frames", type=int, default=30, help="lockstep: timed frames per size")
+    rate = n.add_argument_group("rate")
+    rate.add_argument("--rate-outputs", default="labels,all",
+                      help="rows: labels (vs Segmenter.predict) and/or all five outputs (vs Segmenter.segment)")
+    rate.add_argument("--phase-seconds", type=float, default=5.0, help="length of each bare / node phase")
+    rate.add_argument("--rounds", type=int, default=3, help="bare / bare pipelined / node phases per row")
+    rate.add_argument("--feed-factor", type=float, default=1.25,
+                      help="frames published per frame of the faster bare rate")
+    cams = n.add_argument_group("cameras (instead of lockstep and rate)")
+    cams.add_argument("--cameras", default="", help="e.g. 1,2,4: one node with N cameras against N single-camera "
+                                                    "nodes (aggregate frames/s and RSS), for each N")
+    waits = n.add_argument_group("waits")
+    waits.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's outputs")
+    waits.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the node to come up")
+    bench.add_common_arguments(n, iters=30, warmup=3, max_seconds=600.0)
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script `msseg-bench`: `node` here, every other subcommand in msseg_core.bench."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "node":
+        return bench.main(argv)
+    args = build_parser().parse_args(argv[1:])
+    args.command = "node"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        import rclpy  # noqa: F401
+    except ImportError as exc:
+        print(f"msseg-bench node needs ROS 2 (rclpy): {exc}", file=sys.stderr)
+        return 2
+    if args.cameras:
+        from msseg_ros.bench_cameras import run_cameras, write_cameras_report
+
+        report = run_cameras(args)
+    else:
+        report = run(args)
+    report["env"] = bench.environment(resolve_device(args.device), args.threads or default_threads())
+    report["args"] = vars(args)
+    if args.cameras:
+        write_cameras_report(report, args)
+    else:
+        bench.write_report(report, args)
+    failed = [r for r in report["results"] if "error" in r]
+    return 1 if failed and len(failed) == len(report["results"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,23 +30,25 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
+import textwrap
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msseg_core.io import save_figure, write_text_atomic
+from msseg_ros import topics
 from msseg_ros.cdr import cdr_stamp
 
-OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
-NAMESPACE = "/msseg"
-IMAGE_TOPIC = "/camera/image_raw"
-INFO_TOPIC = "/camera/camera_info"
-GT_TOPIC = "/ground_truth/labels"  # where msseg-bag and the evaluator look for ground truth
+if TYPE_CHECKING:
+    from msseg_ros.graph import NodeProcess
+
+OUTPUTS = topics.OUTPUTS
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
@@ -90,89 +92,13 @@ def resolve_checkpoint(given: str | None) -> Path:
         raise DemoError(f"{exc}; pass --checkpoint FILE.safetensors") from None
 
 
-def _share_file(relative: str) -> Path | None:
-    """A data file of the package: the colcon install's share dir, else the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        path = Path(get_package_share_directory("msseg_ros")) / relative
-        if path.is_file():
-            return path
-    except Exception:  # not installed with colcon, or AMENT_PREFIX_PATH unset
-        pass
-    path = Path(__file__).resolve().parent.parent / relative
-    return path if path.is_file() else None
-
-
-# -- subprocesses --------------------------------------------------------------------------------
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the demo dies, even by SIGKILL (no orphaned nodes)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Child:
-    """A ROS node in a subprocess of its own session, stdout+stderr in a log file."""
-
-    def __init__(self, name: str, module: str, ros_args: list[str], env: dict[str, str], log_path: Path):
-        self.name, self.log_path = name, log_path
-        self._interrupted = False
-        code = f"import sys; from {module} import main; sys.exit(main())"
-        self.cmd = [sys.executable, "-c", code, "--ros-args", *ros_args]
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").rstrip().splitlines()
-        except OSError:
-            return ""
-        return "\n".join("    " + t for t in text[-lines:])
-
-    def interrupt(self) -> None:
-        """Ask for a clean rclpy shutdown (SIGINT) without waiting for it."""
-        if self.alive and not self._interrupted:
-            self._interrupted = True
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGINT)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGINT (a clean rclpy shutdown; once), then SIGTERM, then SIGKILL."""
-        if self.alive:
-            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-                if sig == signal.SIGINT and self._interrupted:
-                    try:
-                        self.proc.wait(wait)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        with contextlib.suppress(Exception):
-            self._log.close()
-        return self.proc.returncode
-
-
 def child_env(base: dict[str, str] | None = None) -> tuple[dict[str, str], str | None, str]:
     """Environment of the nodes: the Fast DDS profile (unless the user chose one), unbuffered output,
     and this package importable however it was installed."""
-    from msseg_ros.synthetic_camera import apply_profile
+    from msseg_ros.qos import apply_fastdds_profile
 
     env = dict(os.environ if base is None else base)
-    profile, how = apply_profile(env)
+    profile, how = apply_fastdds_profile(env)
     env["PYTHONUNBUFFERED"] = "1"
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -182,31 +108,41 @@ def child_env(base: dict[str, str] | None = None) -> tuple[dict[str, str], str |
 # -- collection ----------------------------------------------------------------------------------
 @dataclass
 class Collector:
-    """Everything the demo receives: raw messages for the bag, and per input stamp what arrived when."""
+    """Everything the demo receives: raw messages for the bag, and per input stamp what arrived when.
+    Messages arrive on the executor's thread; the demo reads and waits on its own."""
 
     t0: int = field(default_factory=time.time_ns)
     messages: list[tuple[str, int, bytes]] = field(default_factory=list)  # (topic, receive ns, raw CDR)
     frames: dict[int, dict[str, bytes]] = field(default_factory=dict)  # stamp -> output/input name -> raw
     done_at: dict[int, int] = field(default_factory=dict)  # stamp -> receive ns of its last output
     inputs: int = 0
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def on_message(self, topic: str, name: str, raw: bytes) -> None:
         now = time.time_ns()
         raw = bytes(raw)
-        self.messages.append((topic, now, raw))
-        if name in ("road_grid", "camera_info"):
-            return
-        stamp = cdr_stamp(raw)
-        entry = self.frames.setdefault(stamp, {})
-        entry[name] = raw
-        if name == "image":
-            self.inputs += 1
-        if name in OUTPUTS and stamp not in self.done_at and all(o in entry for o in OUTPUTS):
-            self.done_at[stamp] = now
+        with self._cond:
+            self.messages.append((topic, now, raw))
+            self._cond.notify_all()
+            if name in ("road_grid", "camera_info"):
+                return
+            stamp = cdr_stamp(raw)
+            entry = self.frames.setdefault(stamp, {})
+            entry[name] = raw
+            if name == "image":
+                self.inputs += 1
+            if name in OUTPUTS and stamp not in self.done_at and all(o in entry for o in OUTPUTS):
+                self.done_at[stamp] = now
 
     def complete(self) -> list[int]:
         """Stamps answered on every output (and whose input we saw), in order."""
-        return sorted(s for s in self.done_at if "image" in self.frames.get(s, {}))
+        with self._cond:
+            return sorted(s for s in self.done_at if "image" in self.frames.get(s, {}))
+
+    def wait(self, timeout: float) -> None:
+        """Until the next message arrives, at most `timeout` seconds."""
+        with self._cond:
+            self._cond.wait(timeout)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -266,7 +202,11 @@ def _preload() -> None:
             importlib.import_module(module)
 
 
-def run(args: argparse.Namespace, children: list[Child]) -> dict[str, Any]:
+def _indented(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def run(args: argparse.Namespace, children: list[NodeProcess]) -> dict[str, Any]:
     """Start the nodes (appended to `children`), collect --frames answered frames, ask the nodes to
     stop (the caller waits for them, so results are written while they shut down); the collected data."""
     import threading
@@ -288,11 +228,9 @@ def run(args: argparse.Namespace, children: list[Child]) -> dict[str, Any]:
                                                                 "not arrive)")
     _log(f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0 (default)')}")
 
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+    from msseg_ros.graph import NodeProcess, PrivateContext, package_file, ros_arguments
     from msseg_ros.input_sources import open_source
 
     # The camera node's own checks, here, so a bad --input fails before anything starts.
@@ -305,11 +243,8 @@ def run(args: argparse.Namespace, children: list[Child]) -> dict[str, Any]:
     except Exception as exc:  # rosbags' own errors for a damaged recording
         raise DemoError(f"cannot read --input {args.input}: {type(exc).__name__}: {exc}") from None
 
-    context = Context()
-    rclpy.init(args=[], context=context)
-    node = rclpy.create_node("msseg_demo", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    ros = PrivateContext("msseg_demo")
+    node = ros.node
     col = Collector()
     try:
         from diagnostic_msgs.msg import DiagnosticArray
@@ -317,9 +252,10 @@ def run(args: argparse.Namespace, children: list[Child]) -> dict[str, Any]:
         from sensor_msgs.msg import CameraInfo, Image
 
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        subs = {f"{NAMESPACE}/{o}": (Image, o) for o in OUTPUTS}
-        subs.update({IMAGE_TOPIC: (Image, "image"), INFO_TOPIC: (CameraInfo, "camera_info"),
-                     GT_TOPIC: (Image, "ground_truth"), f"{NAMESPACE}/road_grid": (OccupancyGrid, "road_grid")})
+        subs = {topics.in_namespace(topics.NAMESPACE, o): (Image, o) for o in OUTPUTS}
+        subs.update({topics.CAMERA_IMAGE: (Image, "image"), topics.CAMERA_CAMERA_INFO: (CameraInfo, "camera_info"),
+                     topics.GROUND_TRUTH_LABELS: (Image, "ground_truth"),
+                     topics.in_namespace(topics.NAMESPACE, topics.ROAD_GRID): (OccupancyGrid, "road_grid")})
         types, readers = {}, {}
         for topic, (msg_type, name) in subs.items():
             readers[name] = node.create_subscription(msg_type, topic, lambda raw, t=topic, n=name:
@@ -332,54 +268,56 @@ def run(args: argparse.Namespace, children: list[Child]) -> dict[str, Any]:
                 if "msseg" in status.name:
                     diag.update({kv.key: kv.value for kv in status.values})
 
-        node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diag, 10)
 
-        params_file = _share_file("config/camvid.yaml")
-        node_args = (["--params-file", str(params_file)] if params_file else []) + [
-            "-r", f"__ns:={NAMESPACE}", "-r", f"image:={IMAGE_TOPIC}", "-r", f"camera_info:={INFO_TOPIC}",
-            "-p", f"checkpoint:={checkpoint}", "-p", f"device:={args.device}", "-p", f"precision:={args.precision}"]
+        params_file = package_file("config/camvid.yaml")
+        camera_remaps = [(topics.IMAGE, topics.CAMERA_IMAGE), (topics.CAMERA_INFO, topics.CAMERA_CAMERA_INFO)]
+        node_args = ros_arguments(topics.NAMESPACE, camera_remaps,
+                                  {"checkpoint": checkpoint, "device": args.device, "precision": args.precision},
+                                  params_file=params_file)
         _log(f"starting segmentation_node (loading the model) and the camera: {source_desc}")
         t_start = time.monotonic()
-        seg = Child("segmentation_node", "msseg_ros.segmentation_node", node_args, env, out / "node.log")
+        process = {"env": env, "own_session": True, "die_with_parent": True}
+        seg = NodeProcess("segmentation_node", node_args, log_path=out / "node.log", **process)
         children.append(seg)
         # Started together (the camera waits until the node and we subscribe, so no frame is lost and
         # both start-ups overlap).
-        cam_args = ["-r", "__ns:=/camera", "-r", "image:=image_raw", "-r", f"ground_truth/labels:={GT_TOPIC}",
-                    "-p", f"rate:={args.rate}", "-p", f"seed:={args.seed}",
-                    "-p", f"width:={args.width}", "-p", f"height:={args.height}", "-p", "count:=0",
-                    "-p", "wait_for_subscribers:=2"]
+        cam_params: dict[str, Any] = {"rate": args.rate, "seed": args.seed, "width": args.width,
+                                      "height": args.height, "count": 0, "wait_for_subscribers": 2}
         if args.input:
-            cam_args += ["-p", f"source:={args.input}"]
+            cam_params["source"] = args.input
         if args.image_topic:
-            cam_args += ["-p", f"image_topic:={args.image_topic}"]
-        cam = Child("synthetic_camera", "msseg_ros.synthetic_camera", cam_args, env, out / "camera.log")
+            cam_params["image_topic"] = args.image_topic
+        cam_args = ros_arguments("/camera", [*camera_remaps, (topics.GROUND_TRUTH, topics.GROUND_TRUTH_LABELS)],
+                                 cam_params)
+        cam = NodeProcess("synthetic_camera", cam_args, log_path=out / "camera.log", **process)
         children.append(cam)
 
-        def spin_until(cond, timeout: float, what: str) -> None:
+        def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
             deadline = time.monotonic() + timeout
             while not cond():
-                executor.spin_once(timeout_sec=0.05)
+                col.wait(0.05)
                 for c in children:
-                    if not c.alive and (c is seg or c.proc.returncode not in (0, None)):
-                        raise DemoError(f"{c.name} exited with status {c.proc.returncode} while waiting for "
-                                        f"{what}; last lines of {c.log_path}:\n{c.tail()}")
+                    if not c.alive and (c is seg or c.returncode not in (0, None)):
+                        raise DemoError(f"{c.name} exited with status {c.returncode} while waiting for "
+                                        f"{what}; last lines of {c.log_path}:\n{_indented(c.tail(25))}")
                 if time.monotonic() > deadline:
                     raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}; last lines of "
-                                    f"{seg.log_path}:\n{seg.tail()}")
+                                    f"{seg.log_path}:\n{_indented(seg.tail(25))}")
 
         # Up when our subscription to every output has matched the node's publisher (the node skips
         # outputs nobody listens to; frames it answers before that are not counted).
         def node_up() -> bool:
             return all(readers[o].get_publisher_count() > 0 for o in OUTPUTS)
 
-        spin_until(node_up, args.timeout, "the segmentation node to come up")
+        wait_until(node_up, args.timeout, "the segmentation node to come up")
         _log(f"node up after {time.monotonic() - t_start:.1f} s")
-        spin_until(lambda: col.complete(), args.timeout, "the first segmented frame")
+        wait_until(lambda: bool(col.complete()), args.timeout, "the first segmented frame")
         t_first = time.monotonic()
         _log(f"first frame answered after {t_first - t_start:.1f} s")
         last_report, last_count, last_change = 0, 0, time.monotonic()
         while len(col.complete()) < args.frames:
-            executor.spin_once(timeout_sec=0.05)
+            col.wait(0.05)
             n = len(col.complete())
             if n != last_count:
                 last_count, last_change = n, time.monotonic()
@@ -387,31 +325,28 @@ def run(args: argparse.Namespace, children: list[Child]) -> dict[str, Any]:
                 last_report = n - n % 10
                 _log(f"{n}/{args.frames} frames")
             if not seg.alive:
-                raise DemoError(f"segmentation_node exited with status {seg.proc.returncode} after {n} frames; last "
-                                f"lines of {seg.log_path}:\n{seg.tail()}")
+                raise DemoError(f"segmentation_node exited with status {seg.returncode} after {n} frames; last "
+                                f"lines of {seg.log_path}:\n{_indented(seg.tail(25))}")
             idle = time.monotonic() - last_change
             if not cam.alive:
-                if cam.proc.returncode != 0:
-                    raise DemoError(f"synthetic_camera exited with status {cam.proc.returncode}; last lines of "
-                                    f"{cam.log_path}:\n{cam.tail()}")
+                if cam.returncode != 0:
+                    raise DemoError(f"synthetic_camera exited with status {cam.returncode}; last lines of "
+                                    f"{cam.log_path}:\n{_indented(cam.tail(25))}")
                 if idle > 3.0:  # the input ended and the node has answered what it got
                     _log(f"input ended after {col.inputs} frames")
                     break
             elif idle > max(30.0, 10.0 / args.rate):
                 raise DemoError(f"no output for {idle:.0f} s after {n} frames; last lines of "
-                                f"{seg.log_path}:\n{seg.tail()}")
+                                f"{seg.log_path}:\n{_indented(seg.tail(25))}")
         t_end = time.monotonic()
         cam.interrupt()
-        for _ in range(10):  # outputs still in flight
-            executor.spin_once(timeout_sec=0.02)
+        time.sleep(0.2)  # outputs still in flight (the summary uses the first --frames answered ones)
         return {"collector": col, "meta": meta, "checkpoint": checkpoint, "has_gt": has_gt, "types": types,
                 "source": source_desc, "diagnostics": dict(diag), "wall": t_end - t_first, "profile": profile}
     finally:
         for c in reversed(children):
             c.interrupt()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        ros.close()
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -420,11 +355,10 @@ def _decode(raw: bytes) -> np.ndarray:
     from sensor_msgs.msg import Image
 
     from msseg_ros.image_codec import decode_image
+    from msseg_ros.messages import mono8_array
 
     msg = deserialize_message(raw, Image)
-    if msg.encoding == "mono8":
-        return np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width].copy()
-    return decode_image(msg)
+    return mono8_array(msg) if msg.encoding == "mono8" else decode_image(msg)
 
 
 def summarize(result: dict[str, Any], frames: int) -> dict[str, Any]:
@@ -465,25 +399,39 @@ def summarize(result: dict[str, Any], frames: int) -> dict[str, Any]:
 
 def write_bag(result: dict[str, Any], path: Path, storage: str) -> dict[str, int]:
     """Every received message as the raw CDR it arrived in, stamped with its receive time."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
+    from rosbags.rosbag2 import Writer
+
+    from msseg_ros.bag.info import BAG_VERSION, storage_plugin
+    from msseg_ros.cdr import typestore
 
     col: Collector = result["collector"]
     if path.exists():
         if not (path / "metadata.yaml").is_file():
             raise DemoError(f"{path} exists and is not a rosbag2 from an earlier demo; choose another --out")
         shutil.rmtree(path)
-    typestore = get_typestore(Stores.ROS2_JAZZY)
-    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     counts: dict[str, int] = {}
-    with Writer(path, version=8, storage_plugin=plugin) as writer:
+    with Writer(path, version=BAG_VERSION, storage_plugin=storage_plugin(storage)) as writer:
         conns = {}
         for topic, t_ns, raw in sorted(col.messages, key=lambda m: m[1]):
             if topic not in conns:
-                conns[topic] = writer.add_connection(topic, result["types"][topic], typestore=typestore)
+                conns[topic] = writer.add_connection(topic, result["types"][topic], typestore=typestore())
             writer.write(conns[topic], t_ns, raw)
             counts[topic] = counts.get(topic, 0) + 1
     return counts
+
+
+def shorten_source(source: str, keep: int = 48) -> str:
+    """A long input path as its last components ('.../drive_0017/images'), so the title fits the figure."""
+    if len(source) <= keep:
+        return source
+    parts = Path(source).parts
+    tail = ""
+    for part in reversed(parts):
+        candidate = f"{part}/{tail}" if tail else part
+        if len(candidate) + 4 > keep:
+            break
+        tail = candidate
+    return ".../" + (tail or source[-(keep - 4):])
 
 
 def write_montage(result: dict[str, Any], summary: dict[str, Any], path: Path, rows: int) -> int:
@@ -548,19 +496,20 @@ def write_montage(result: dict[str, Any], summary: dict[str, Any], path: Path, r
                 lat = (col.done_at[s] - s) / 1e6
                 ax.set_ylabel(f"frame {stamps.index(s)}\nlatency {lat:.0f} ms", fontsize=8)
     lat = summary["latency_ms"]
-    line = (f"msseg-demo: {summary['model']} on {result['source']}  |  {summary['frames_processed']} frames, "
-            f"{summary['rate_hz']:.1f} Hz, latency mean {lat['mean']:.0f} / p50 {lat['p50']:.0f} / "
-            f"p99 {lat['p99']:.0f} ms")
+    line = (f"msseg-demo: {summary['model']} on {shorten_source(str(result['source']))}  |  "
+            f"{summary['frames_processed']} frames, {summary['rate_hz']:.1f} Hz, latency mean {lat['mean']:.0f} / "
+            f"p50 {lat['p50']:.0f} / p99 {lat['p99']:.0f} ms")
     if "metrics" in summary:
         line += f"  |  mIoU {summary['metrics']['miou']:.3f}, pixel acc {summary['metrics']['pixel_acc']:.3f}"
-    fig.text(0.5, 1 - 0.3 / fig.get_figheight(), line, ha="center", va="center", fontsize=10)
+    # A centred title wider than the figure runs off both edges: wrap it to the figure's width in characters.
+    width_chars = max(40, int(fig.get_figwidth() * 72 / 10 * 1.6))  # ~1.6 characters per 10-pt em
+    title = "\n".join(textwrap.wrap(line, width_chars, break_on_hyphens=False))
+    fig.text(0.5, 1 - 0.3 / fig.get_figheight(), title, ha="center", va="center", fontsize=10)
     handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="0.3", label=n)
                for n, c in zip(meta["class_names"], meta["palette"], strict=True)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 11), fontsize=8, frameon=False,
                handlelength=1.2, columnspacing=1.0, bbox_to_anchor=(0.5, 0.02 / fig.get_figheight()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
     return len(picks)
 
 
@@ -603,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even where started with SIGINT ignored
-    children: list[Child] = []
+    children: list[NodeProcess] = []
     try:
         t0 = time.monotonic()
         result = run(args, children)
@@ -615,10 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["bag_topics"] = counts
         rows = write_montage(result, summary, out / "montage.png", args.montage_frames)
         summary["elapsed_s"] = time.monotonic() - t0
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-        topics = ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        recorded = ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))
         files = {"montage": f"{out / 'montage.png'} ({rows} frames)",
-                 "rosbag2": f"{out / 'bag'} ({args.storage}; {topics})",
+                 "rosbag2": f"{out / 'bag'} ({args.storage}; {recorded})",
                  "summary": str(out / "summary.json"), "logs": f"{out / 'node.log'}, {out / 'camera.log'}"}
         print_summary(summary, files)
         print(f"  elapsed           {summary['elapsed_s']:.1f} s")

@@ -22,11 +22,9 @@ confusion_matrix, num_images, checkpoint) plus latency_ms, frames_lost and the m
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,8 +36,10 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import Image
 
 from msseg_core.classes import get_class_set
+from msseg_core.io import write_json_atomic
 from msseg_core.metrics import ConfusionMatrix
-from msseg_ros.bag import mono8_array, stamp_ns
+from msseg_ros import topics
+from msseg_ros.messages import mono8_array, stamp_ns
 
 NODE_NAME = "msseg_evaluator"
 
@@ -190,23 +190,24 @@ class EvaluatorNode(Node):
         self.matcher = StampMatcher(names, match_timeout=timeout, max_latency=max_latency)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         opts = QoSOverridingOptions.with_default_policies
-        self.labels_sub = self.create_subscription(Image, "labels", self.labels_callback, qos,
+        self.labels_sub = self.create_subscription(Image, topics.LABELS, self.labels_callback, qos,
                                                    qos_overriding_options=opts())
         # Ground truth is subscribed only once the labels subscription is matched to a publisher (the
         # node): a player that waits for a ground-truth subscriber (msseg-bag play --wait-for, the
         # launch files) then starts only when labels can reach this node too. Otherwise, on a slow
         # machine, the first frames' labels could go out before the node and this node had matched.
         self.gt_sub = None
-        self._gt_args = (Image, "ground_truth/labels", self.gt_callback, qos)
+        self._gt_args = (Image, topics.GROUND_TRUTH, self.gt_callback, qos)
         self._gt_opts = opts
-        self._gt_timer = self.create_timer(0.05, self._subscribe_gt_when_labels_matched)
+        self._gt_timer = self.create_timer(0.05, self.gt_subscribe_callback)
         self.timer = self.create_timer(min(1.0, timeout / 2), self.expire_callback)
         self.report_timer = self.create_timer(period, self.report_callback)
         self.get_logger().info(f"matching {self.labels_sub.topic_name} with "
-                               f"{self.resolve_topic_name('ground_truth/labels')} by stamp; {len(names)} classes; "
+                               f"{self.resolve_topic_name(topics.GROUND_TRUTH)} by stamp; {len(names)} classes; "
                                f"ground truth is subscribed once a labels publisher is matched")
 
-    def _subscribe_gt_when_labels_matched(self) -> None:
+    def gt_subscribe_callback(self) -> None:
+        """Timer: subscribe ground truth as soon as a labels publisher is matched (see __init__)."""
         if self.gt_sub is not None or self.labels_sub.get_publisher_count() == 0:
             return
         self._gt_timer.cancel()
@@ -244,48 +245,28 @@ class EvaluatorNode(Node):
             f"{r['frames_matched']} frames matched, mIoU {100 * r['miou']:.2f}%, lost {r['frames_lost']}, "
             + (f"latency p50 {lat['p50']:.1f} ms p90 {lat['p90']:.1f} ms" if lat else "no latency yet"))
         if self.report_path:
-            write_report(r, self.report_path)
+            write_json_atomic(self.report_path, r)  # a reader never sees half a report
 
     def finish(self) -> dict:
         """End of the run: count what is still unmatched, write and return the final report."""
         self.matcher.finish()
         r = self.matcher.report(self.checkpoint)
         if self.report_path:
-            write_report(r, self.report_path)
+            write_json_atomic(self.report_path, r)  # a reader never sees half a report
         return r
-
-
-def write_report(report: dict, path: str | os.PathLike) -> None:
-    """Atomic JSON write (a reader never sees half a report)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(args: list[str] | None = None) -> int:
     """Console script `evaluator_node`: runs until Ctrl-C, then writes the final report."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
+    from msseg_ros.graph import run_node
     from msseg_ros.qos import apply_fastdds_profile
 
+    def print_final_report(node: EvaluatorNode) -> None:
+        report = node.finish()
+        print(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}, indent=2))
+
     apply_fastdds_profile()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = EvaluatorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            report = node.finish()
-            print(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}, indent=2))
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(NODE_NAME, EvaluatorNode, args, on_exit=print_final_report)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ time where it has one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from msseg_core.camera import CameraError, PinholeCamera
+from msseg_ros.messages import IMAGE_TYPES
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 BAG_EXTS = (".mcap", ".db3", ".bag")
 LABEL_DIR_SUFFIXES = ("annot", "_annot", "_labels", "labels", "_label")
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 # Topics of a recording that hold images but not camera frames (e.g. msseg's own outputs).
 _NOT_CAMERA = ("label", "mask", "overlay", "confidence", "ground_truth", "depth", "segment")
 VOID = 255
@@ -45,12 +48,11 @@ class Frame:
 
 
 class FrameSource:
-    """Base: iterate frames; `K` is the camera matrix where the source knows it."""
+    """Base: iterate frames; `camera` is the calibration (at the native size) where the source knows it."""
 
     kind = "source"
     has_labels = False
-    K: np.ndarray | None = None
-    distortion: tuple[str, list[float]] | None = None  # (model, coefficients) where known
+    camera: PinholeCamera | None = None
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -92,7 +94,7 @@ class SyntheticSource(FrameSource):
 
         self.sequence = SceneSequence(seed, width, height, fps=fps, speed=speed,
                                       hfov_deg=DEFAULT_HFOV_DEG if hfov_deg is None else hfov_deg)
-        self.K = self.sequence.K
+        self.camera = self.sequence.camera
 
     def __iter__(self) -> Iterator[Frame]:
         for f in self.sequence:
@@ -318,11 +320,8 @@ class BagSource(FrameSource):
         infos.sort(key=lambda t: (not t.startswith(base + "/"), t))  # the camera's own info first
         conns = [c for c in self._reader.connections if c.topic == infos[0]]
         for conn, _, raw in self._reader.messages(connections=conns):
-            msg = self._reader.deserialize(raw, conn.msgtype)
-            k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-            if k[0, 0] > 0 and k[1, 1] > 0:
-                self.K = k
-                self.distortion = (str(msg.distortion_model), [float(v) for v in msg.d])
+            with contextlib.suppress(CameraError):  # uncalibrated, or an unknown distortion model: as if none
+                self.camera = PinholeCamera.from_camera_info(self._reader.deserialize(raw, conn.msgtype))
             return
 
     def _decode(self, msg, msgtype: str) -> np.ndarray:

@@ -21,6 +21,8 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
+from msseg_ros.graph import package_file
+
 
 # Functions, not constants: rclpy applies QoS overrides by mutating the profile it is given.
 def input_qos() -> QoSProfile:
@@ -39,7 +41,6 @@ def diagnostics_qos() -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-PACKAGE = "msseg_ros"
 FASTDDS_PROFILE_NAME = "fastdds_large_images.xml"
 # Fast DDS 2.x (Jazzy) reads the first, 3.x (Kilted on) the second; we set both.
 PROFILE_ENV_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
@@ -47,16 +48,7 @@ PROFILE_ENV_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_
 
 def packaged_fastdds_profile() -> Path | None:
     """The shipped profile: the colcon install's share dir, else the source tree's config/."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        path = Path(get_package_share_directory(PACKAGE)) / "config" / FASTDDS_PROFILE_NAME
-        if path.is_file():
-            return path
-    except (ImportError, LookupError, OSError):  # not installed with colcon, or no AMENT_PREFIX_PATH
-        pass
-    path = Path(__file__).resolve().parent.parent / "config" / FASTDDS_PROFILE_NAME
-    return path if path.is_file() else None
+    return package_file(f"config/{FASTDDS_PROFILE_NAME}")
 
 
 def apply_fastdds_profile(environ: MutableMapping[str, str] | None = None) -> tuple[str | None, str]:

@@ -1,14 +1,16 @@
 """ROS glue for the road grid: CameraInfo + mounting parameters -> GroundGridLookup -> OccupancyGrid.
 
-The projection maths lives in `msseg_core.geometry` and the mask clean-up in `msseg_core.road`; this
-module only turns messages and parameters into their inputs and the result into a
-nav_msgs/OccupancyGrid. The lookup is rebuilt only when the camera model, the mask size or a
-geometry parameter changes, so each frame costs one gather.
+The camera model lives in `msseg_core.camera`, the projection in `msseg_core.geometry` and the mask
+clean-up in `msseg_core.road`; this module only turns messages and parameters into their inputs and
+the result into a nav_msgs/OccupancyGrid. The lookup is rebuilt only when the camera model, the mask
+size or a geometry parameter changes, so each frame costs one gather. A CameraInfo the camera model
+cannot use (uncalibrated, an unknown distortion model) disables the grid with a reason in
+`camera_error` rather than producing a wrong one.
 
 Wiring into a node (parameters are run-time changeable; see docs/planners.md)::
 
     self.road_grid = RoadGridBuilder(**declare_road_grid_parameters(self))
-    self.road_grid_pub = self.create_publisher(OccupancyGrid, ROAD_GRID_TOPIC, qos)
+    self.road_grid_pub = self.create_publisher(OccupancyGrid, topics.ROAD_GRID, qos)
     # camera_info callback:    self.road_grid.update_camera_info(msg)
     # validate callback:       reason = self.road_grid.check_params(**road_updates)
     # post-set callback:       self.road_grid.set_params(**road_updates)
@@ -23,37 +25,44 @@ from __future__ import annotations
 
 import array
 import threading
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 from nav_msgs.msg import OccupancyGrid
+from rcl_interfaces.msg import ParameterDescriptor
 from std_msgs.msg import Header
 
-from msseg_core.geometry import CameraPose, GroundGridLookup, intrinsics_matrix
+from msseg_core.camera import CameraError, CameraPose, PinholeCamera
+from msseg_core.geometry import GroundGridLookup
 from msseg_core.road import refine_road_mask
 
-ROAD_GRID_TOPIC = "road_grid"
+
+def _param(default: Any, description: str) -> Any:
+    return field(default=default, metadata={"description": description})
 
 
 @dataclass(frozen=True)
 class RoadGridParams:
     """Node parameters of the road output; names are the ROS parameter names."""
 
-    road_min_confidence: float = 0.0
-    road_cleanup_kernel: int = 5
-    road_ego_only: bool = False
-    camera_x: float = 0.0
-    camera_y: float = 0.0
-    camera_height: float = 1.5
-    camera_roll: float = 0.0
-    camera_pitch: float = 0.0
-    camera_yaw: float = 0.0
-    grid_frame: str = "base_link"
-    grid_resolution: float = 0.2
-    grid_length: float = 30.0
-    grid_width: float = 20.0
-    grid_max_range: float = 30.0
+    road_min_confidence: float = _param(0.0, "road pixels also need this summed road probability (0 = argmax only)")
+    road_cleanup_kernel: int = _param(5, "morphological close+open kernel in pixels for the road grid input (0 = off)")
+    road_ego_only: bool = _param(False, "keep only the road connected to the bottom centre of the image")
+    camera_x: float = _param(0.0, "camera position ahead of grid_frame origin [m] (REP-103: x forward)")
+    camera_y: float = _param(0.0, "camera position left of grid_frame origin [m]")
+    camera_height: float = _param(1.5, "camera height above the ground plane [m]")
+    camera_roll: float = _param(0.0, "camera roll [rad], positive = left side up")
+    camera_pitch: float = _param(0.0, "camera pitch [rad], positive = looking down")
+    camera_yaw: float = _param(0.0, "camera yaw [rad], positive = looking left")
+    camera_rectified: bool = _param(False, "the images are rectified (e.g. image_rect): project with camera_info's "
+                                           "P and R, no distortion")
+    grid_frame: str = _param("base_footprint", "frame_id of road_grid: the ground-level base frame (REP-105) the "
+                                               "camera pose is given in")
+    grid_resolution: float = _param(0.2, "road_grid cell size [m]")
+    grid_length: float = _param(30.0, "road_grid extent ahead of grid_frame [m]")
+    grid_width: float = _param(20.0, "road_grid lateral extent, centred on grid_frame [m]")
+    grid_max_range: float = _param(30.0, "cells farther than this from the camera are unknown [m]")
 
     def check(self) -> str | None:
         """A message saying what is wrong, or None when the values are usable."""
@@ -80,69 +89,10 @@ class RoadGridParams:
 
 
 ROAD_GRID_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RoadGridParams)}
-
-ROAD_GRID_DESCRIPTIONS: dict[str, str] = {
-    "road_min_confidence": "road pixels also need this summed road probability (0 = argmax only)",
-    "road_cleanup_kernel": "morphological close+open kernel in pixels for the road grid input (0 = off)",
-    "road_ego_only": "keep only the road connected to the bottom centre of the image",
-    "camera_x": "camera position ahead of grid_frame origin [m] (REP-103: x forward)",
-    "camera_y": "camera position left of grid_frame origin [m]",
-    "camera_height": "camera height above the ground plane [m]",
-    "camera_roll": "camera roll [rad], positive = left side up",
-    "camera_pitch": "camera pitch [rad], positive = looking down",
-    "camera_yaw": "camera yaw [rad], positive = looking left",
-    "grid_frame": "frame_id of road_grid: the ground-level base frame the camera pose is given in",
-    "grid_resolution": "road_grid cell size [m]",
-    "grid_length": "road_grid extent ahead of grid_frame [m]",
-    "grid_width": "road_grid lateral extent, centred on grid_frame [m]",
-    "grid_max_range": "cells farther than this from the camera are unknown [m]",
-}
+ROAD_GRID_DESCRIPTIONS: dict[str, str] = {f.name: f.metadata["description"] for f in fields(RoadGridParams)}
 
 _GEOMETRY_KEYS = {"camera_x", "camera_y", "camera_height", "camera_roll", "camera_pitch", "camera_yaw",
                   "grid_resolution", "grid_length", "grid_width", "grid_max_range"}
-
-
-@dataclass(frozen=True)
-class CameraModel:
-    """The parts of a CameraInfo the projection needs, at the published image's resolution."""
-
-    K: tuple[float, ...]
-    size: tuple[int, int]  # (height, width)
-    dist: tuple[float, ...] = ()
-
-    def scaled_to(self, size: tuple[int, int]) -> CameraModel:
-        """The same camera for masks of another resolution (pixel-centre convention preserved)."""
-        if size == self.size:
-            return self
-        sy, sx = size[0] / self.size[0], size[1] / self.size[1]
-        fx, _, cx, _, fy, cy = self.K[:6]
-        k = (fx * sx, 0.0, (cx + 0.5) * sx - 0.5, 0.0, fy * sy, (cy + 0.5) * sy - 0.5, 0.0, 0.0, 1.0)
-        return CameraModel(K=k, size=size, dist=self.dist)
-
-
-def camera_model_from_info(msg: Any) -> CameraModel:
-    """sensor_msgs/CameraInfo -> CameraModel; honours binning and ROI (image_pipeline conventions).
-
-    Raises ValueError for an uncalibrated camera (K all zeros) or a zero image size."""
-    k = intrinsics_matrix(list(msg.k))
-    width, height = int(msg.width), int(msg.height)
-    roi = msg.roi
-    bx, by = max(1, int(msg.binning_x)), max(1, int(msg.binning_y))
-    if roi.width and roi.height:
-        width, height = int(roi.width), int(roi.height)
-        k = k.copy()
-        k[0, 2] -= roi.x_offset
-        k[1, 2] -= roi.y_offset
-    if bx > 1 or by > 1:
-        # Binned pixel u_b covers full-resolution pixels b*u_b .. b*u_b + b - 1 (centres at integers).
-        k = k.copy()
-        k[0, 0], k[0, 1], k[0, 2] = k[0, 0] / bx, k[0, 1] / bx, (k[0, 2] + 0.5) / bx - 0.5
-        k[1, 1], k[1, 2] = k[1, 1] / by, (k[1, 2] + 0.5) / by - 0.5
-        width, height = width // bx, height // by
-    if width < 1 or height < 1:
-        raise ValueError(f"CameraInfo has no image size ({msg.width} x {msg.height})")
-    dist = tuple(float(d) for d in msg.d) if msg.distortion_model in ("plumb_bob", "rational_polynomial") else ()
-    return CameraModel(K=tuple(float(v) for v in k.reshape(-1)), size=(height, width), dist=dist)
 
 
 class RoadGridBuilder:
@@ -153,8 +103,9 @@ class RoadGridBuilder:
     def __init__(self, **params: Any):
         self._lock = threading.Lock()
         self.params = RoadGridParams()
-        self.camera: CameraModel | None = None
+        self.camera: PinholeCamera | None = None  # at the CameraInfo's resolution, without the mounting
         self.camera_error: str | None = "no CameraInfo received yet"
+        self._info: Any = None  # the latest CameraInfo: camera_rectified changes how it is read
         self.lookup: GroundGridLookup | None = None
         self.lookup_builds = 0
         if params:
@@ -184,27 +135,32 @@ class RoadGridBuilder:
             if error:
                 raise ValueError(error)
             geometry_changed = any(getattr(new, k) != getattr(self.params, k) for k in _GEOMETRY_KEYS)
+            rectified_changed = new.camera_rectified != self.params.camera_rectified
             self.params = new
             if geometry_changed:
                 self.lookup = None
-            return geometry_changed
+            if rectified_changed and self._info is not None:
+                self._load_camera(self._info)
+            return geometry_changed or rectified_changed
 
     def update_camera_info(self, msg: Any) -> bool:
-        """Take a CameraInfo; returns True when the camera model changed (the lookup is then rebuilt
-        lazily on the next frame). An uncalibrated CameraInfo disables the grid, with a reason in
-        `camera_error`."""
-        try:
-            camera = camera_model_from_info(msg)
-        except ValueError as exc:
-            with self._lock:
-                changed = self.camera is not None or self.camera_error != str(exc)
-                self.camera, self.lookup, self.camera_error = None, None, str(exc)
-            return changed
+        """Take a CameraInfo; returns True when the camera model (or why there is none) changed; the
+        lookup is then rebuilt lazily on the next frame. A CameraInfo the model cannot use disables the
+        grid, with the reason in `camera_error`."""
         with self._lock:
-            if camera == self.camera:
-                return False
-            self.camera, self.lookup, self.camera_error = camera, None, None
-            return True
+            self._info = msg
+            return self._load_camera(msg)
+
+    def _load_camera(self, msg: Any) -> bool:
+        """(Lock held.) The camera of `msg` as the parameters say; True if it or the error changed."""
+        try:
+            camera, error = PinholeCamera.from_camera_info(msg, rectified=self.params.camera_rectified), None
+        except CameraError as exc:
+            camera, error = None, str(exc)
+        if camera == self.camera and error == self.camera_error:
+            return False
+        self.camera, self.lookup, self.camera_error = camera, None, error
+        return True
 
     @property
     def ready(self) -> bool:
@@ -222,11 +178,10 @@ class RoadGridBuilder:
             if self.camera is None:
                 return None, self.params
             if self.lookup is None or self.lookup.image_size != size:
-                cam = self.camera.scaled_to(size)
                 p = self.params
-                self.lookup = GroundGridLookup(cam.K, size, p.pose, resolution=p.grid_resolution,
-                                               length=p.grid_length, width=p.grid_width, max_range=p.grid_max_range,
-                                               dist=cam.dist or None)
+                camera = self.camera.scaled_to(*size).with_pose(p.pose)
+                self.lookup = GroundGridLookup(camera, resolution=p.grid_resolution, length=p.grid_length,
+                                               width=p.grid_width, max_range=p.grid_max_range)
                 self.lookup_builds += 1
             return self.lookup, self.params
 
@@ -299,15 +254,17 @@ def _coerce(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def declare_road_grid_parameters(node: Any) -> dict[str, Any]:
-    """Declare every road grid parameter on `node` (with descriptions) and return their values."""
-    from rcl_interfaces.msg import ParameterDescriptor
-
+def declare_road_grid_parameters(node: Any, prefix: str = "", defaults: dict[str, Any] | None = None
+                                 ) -> dict[str, Any]:
+    """Declare every road grid parameter on `node` (with descriptions) and return their values by
+    unprefixed name. prefix: e.g. 'front.' for one camera of several; defaults: values to start from
+    instead of ROAD_GRID_DEFAULTS (a camera starts from the node's top-level values)."""
     values = {}
     for name, default in ROAD_GRID_DEFAULTS.items():
         descriptor = ParameterDescriptor(description=ROAD_GRID_DESCRIPTIONS[name])
         if isinstance(default, float):
             descriptor.dynamic_typing = True  # accept `camera_pitch: 0` from YAML as well as 0.0
-        node.declare_parameter(name, default, descriptor)
-        values[name] = node.get_parameter(name).value
+        if not node.has_parameter(prefix + name):
+            node.declare_parameter(prefix + name, (defaults or ROAD_GRID_DEFAULTS)[name], descriptor)
+        values[name] = node.get_parameter(prefix + name).value
     return values

@@ -1,63 +1,68 @@
 """The segmentation node: camera frames in, label / colour / overlay / confidence / road images out.
 
-A thin layer over `msseg_core.inference.Segmenter`: it owns parameters, QoS, a latest-frame worker,
-publishers and diagnostics, and no image maths (decoding lives in `image_codec`, everything else in
-`Segmenter`). The image subscription is raw: its callback only drops the serialized message into a
-one-slot mailbox; a worker thread takes the newest frame and deserializes it (`rosbags`, see cdr.py),
-so a slow network never builds a queue and a frame that is replaced before the worker gets to it is
-counted as dropped, having cost no more than a copy of its bytes. Every output carries the input's
-header and the input's resolution. Run `segmentation_node --ros-args -p checkpoint:=model.safetensors`.
+A managed (lifecycle) node and a thin layer over `msseg_core.inference.Segmenter`: it owns parameters,
+the lifecycle, QoS, a latest-frame worker, publishers and diagnostics, and no image maths (decoding
+lives in `image_codec`, everything else in `Segmenter`). Run `segmentation_node --ros-args -p
+checkpoint:=model.safetensors`.
 
-Two threads form a pipeline (parameter `pipelined`, default on): the worker decodes frame N+1 and
-runs the network on it (`Segmenter.run_network`) while a publisher thread post-processes frame N at
-full resolution (`Segmenter.postprocess`: upsampling, argmax, colours, masks), encodes and publishes
-it; they hand over through a one-slot queue that the worker waits on. Where a core is free, a frame
-then costs max(network, postprocess + messages) instead of the sum; a frame's latency is the same.
-Unpipelined, the worker does both halves itself.
+Lifecycle: configure loads the model and creates publishers and subscriptions; activate starts the
+worker threads and publishing; deactivate stops both (a frame that arrives is only counted as
+`ignored`); cleanup frees the model (and GPU memory); shutdown works from any state. With
+`autostart` (default true) the node configures and activates itself at start-up, so `ros2 run` and the
+launch files behave as a plain node; with `autostart:=false` a lifecycle manager drives it through the
+standard services (`~/change_state`, `~/get_state`, ...). A failed configure answers FAILURE and leaves
+the node unconfigured (a manager may fix a start-up parameter and configure again); with autostart it
+ends the process with one error line (exit status 2).
+
+Frames: the image subscriptions are raw; a callback only drops the serialized message into its
+camera's one-slot mailbox. A worker thread takes the newest frame of every camera with one pending
+(round robin, at most `max_batch`), deserializes them (`rosbags`, see cdr.py) and runs the network on
+them as one batch, so a slow network never builds a queue and a frame replaced before the worker gets
+to it is counted as dropped, having cost no more than a copy of its bytes. With `pipelined` (default
+on) a publisher thread post-processes frame N at full resolution (`Segmenter.postprocess`), encodes and
+publishes it while the worker runs the network on the next frames; they hand over through a one-slot
+queue. Every output carries its input's header and resolution. Cameras (`cameras`), mailboxes and
+counters: `cameras` and `pipeline`; what the diagnostics say: `health`.
 """
 
 from __future__ import annotations
 
-import queue
-import re
+import gc
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from lifecycle_msgs.srv import ChangeState
 from nav_msgs.msg import OccupancyGrid
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import (
-    InvalidParameterTypeException,
-    InvalidParameterValueException,
-    ParameterException,
-)
-from rclpy.executors import ExternalShutdownException
-from rclpy.logging import get_logger
-from rclpy.node import Node
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header
 
-from msseg_core.checkpoint import CheckpointError, default_checkpoint, load_meta
-from msseg_core.inference import BACKENDS, OUTPUTS, PRECISIONS, NetworkOutput, Segmenter, resolve_device
-from msseg_ros.image_codec import (
-    COMPRESSED_TYPE,
-    DEFAULT_MAX_PIXELS,
-    IMAGE_TYPE,
-    ImageDecodeError,
-    decode_serialized,
-    encode_image,
+from msseg_core.checkpoint import CheckpointError
+from msseg_core.inference import OUTPUTS, Segmenter
+from msseg_ros import health, topics
+from msseg_ros.cameras import Camera
+from msseg_ros.graph import one_line, run_node
+from msseg_ros.image_codec import COMPRESSED_TYPE, IMAGE_TYPE, ImageDecodeError, decode_serialized, encode_image
+from msseg_ros.node_parameters import (
+    STARTUP_PARAMETERS,
+    ConfigError,
+    check_road_classes,
+    declare,
+    declare_node_parameters,
+    descriptor,
+    read_startup,
+    value,
 )
+from msseg_ros.pipeline import CameraMailboxes, FrameThreads, InferredFrame
 from msseg_ros.qos import apply_fastdds_profile, diagnostics_qos, input_qos, output_qos
-from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, ROAD_GRID_TOPIC, RoadGridBuilder, declare_road_grid_parameters
+from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder, declare_road_grid_parameters
 
 NODE_NAME = "msseg_node"
 OUTPUT_ENCODINGS: dict[str, str] = {
@@ -67,295 +72,112 @@ OUTPUT_ENCODINGS: dict[str, str] = {
     "confidence": "mono8",  # max class probability x 255
     "road_mask": "mono8",  # 255 = road: road_classes, thresholded, cleaned, ego region (road_* parameters)
 }
-assert set(OUTPUT_ENCODINGS) == set(OUTPUTS), "every Segmenter output needs a topic"
-TRANSPORTS = ("raw", "compressed")
-LATENCY_WINDOW = 200  # frames in the latency mean / p99
-EXIT_CONFIG_ERROR = 2
-
-T = TypeVar("T")
+assert set(OUTPUT_ENCODINGS) == set(OUTPUTS) == set(topics.OUTPUTS), "every Segmenter output needs a topic"
+LEVELS = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR)  # health.OK, WARN, ERROR
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-class ConfigError(ValueError):
-    """A start-up parameter or checkpoint the node cannot run with; main() prints it as one line."""
+def _failure_message(exc: Exception) -> str:
+    if isinstance(exc, ConfigError | ParameterException | InvalidQosOverridesError | CheckpointError | ValueError
+                  | RuntimeError):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
-class LatestMailbox(Generic[T]):
-    """A one-slot queue: put() replaces what is pending (the caller counts that as a dropped frame)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: T | None = None
-        self._closed = False
-
-    def put(self, item: T) -> bool:
-        """Store the item; True if it replaced one the worker had not taken yet."""
-        with self._cond:
-            replaced = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float | None = None) -> T | None:
-        """The pending item (None after the timeout or once closed)."""
-        with self._cond:
-            if self._item is None and not self._closed:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-@dataclass
-class FrameCounters:
-    """What happened to every frame. Once the node is idle:
-    received == processed + dropped + invalid + errors + skipped."""
-
-    received: int = 0
-    processed: int = 0  # outputs published
-    dropped: int = 0  # replaced by a newer frame before the worker took it
-    invalid: int = 0  # could not be decoded, or over max_input_pixels
-    errors: int = 0  # inference, publishing (or an unexpected decode failure) raised; the frame is lost
-    skipped: int = 0  # no output had a subscriber, nothing was computed
-    published: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTPUTS, 0))
-
-    def snapshot(self) -> dict[str, Any]:
-        return {**{k: v for k, v in vars(self).items() if k != "published"}, "published": dict(self.published)}
-
-
-@dataclass
-class InferredFrame:
-    """One frame on its way from the worker (network) to the publisher (postprocess, publish)."""
-
-    header: Header
-    net: NetworkOutput  # logits owned by this frame (Segmenter.run_network); keeps the decoded frame alive
-    compute: set[str]  # outputs to post-process: the wanted ones and what the road mask needs
-    wanted: list[str]  # outputs with subscribers when the frame was taken
-    grid_wanted: bool
-    received_at: float
-    network_s: float
-
-
-def name_os_thread() -> None:
-    """Give the calling thread its Python name at the OS level too (Linux, 15 characters), so that
-    `top -H`, `ps -L` and /proc/<pid>/task show msseg_worker and msseg_publisher and their CPU."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):  # not Linux: a cosmetic loss only
-        pass
-
-
-def _descriptor(description: str, ptype: int, read_only: bool = False, constraints: str = "",
-                **ranges: Any) -> ParameterDescriptor:
-    return ParameterDescriptor(description=description, type=ptype, read_only=read_only,
-                               additional_constraints=constraints, **ranges)
-
-
-def _load_onnx_meta(path: str):
-    """Metadata of an ONNX file from msseg-export (Segmenter.from_checkpoint runs those too)."""
-    from msseg_core.export import load_onnx_meta
-
-    return load_onnx_meta(path)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-class SegmentationNode(Node):
+class SegmentationNode(LifecycleNode):
     """Segments every newest camera frame; see the module docstring and config/camvid.yaml."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.counters = FrameCounters()
-        self.camera_info: CameraInfo | None = None  # latest, for outputs that need the camera model
-        self._counters_lock = threading.Lock()
+        self.cameras: list[Camera] = []
+        self.segmenter: Segmenter | None = None
+        self.last_error = ""  # why the last configure failed
+        self._active = False
+        self._active_since = time.monotonic()
+        self._declaring = False  # our own declarations pass the parameter callbacks untouched
+        self._configured_names: list[str] = []  # parameters configure declared and cleanup undeclares
         self._segment_lock = threading.Lock()  # run-time parameter changes vs. postprocessing
-        self._mailbox: LatestMailbox[tuple[bytes, float]] = LatestMailbox()  # serialized frame, arrival
-        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._inference_times: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._last_problem = ""
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
-        self._publisher: threading.Thread | None = None
-        self._outbox: queue.Queue[InferredFrame] = queue.Queue(maxsize=1)  # worker -> publisher
+        self._mailboxes: CameraMailboxes[tuple[bytes, float]] = CameraMailboxes(0)
+        self._threads: FrameThreads | None = None  # while active
+        self._subscriptions_made: list[Any] = []
+        self.diagnostics_pub: Any = None
+        self.diagnostics_timer: Any = None
+        self._engine_facts: dict[str, str] = {}
+        guarded = self._service_change_state.callback
+        self._service_change_state.callback = lambda req, resp: self._change_state_request(guarded, req, resp)
         try:
-            self._configure()
+            declare_node_parameters(self)
         except ConfigError:
             self.destroy_node()
             raise
-        except (ParameterException, InvalidQosOverridesError, CheckpointError, ValueError, RuntimeError) as exc:
-            self.destroy_node()
-            raise ConfigError(_one_line(exc)) from None
-        self._worker = threading.Thread(target=self._worker_loop, name="msseg_worker", daemon=True)
-        self._worker.start()
-        if self.pipelined:
-            self._publisher = threading.Thread(target=self._publisher_loop, name="msseg_publisher", daemon=True)
-            self._publisher.start()
-
-    # -- start-up ------------------------------------------------------------------------------
-    def _configure(self) -> None:
-        p = Parameter.Type
-        checkpoint = self._declare("checkpoint", "", _descriptor(
-            "Model checkpoint (.safetensors, or .onnx from msseg-export); '' = the packaged CamVid model",
-            p.STRING, read_only=True))
-        device = self._declare("device", "auto", _descriptor(
-            "Inference device; auto = CUDA when available, else CPU", p.STRING, read_only=True,
-            constraints="auto, cpu, cuda or cuda:N"))
-        precision = self._declare("precision", "fp32", _descriptor(
-            "Inference precision (fp16 needs CUDA)", p.STRING, read_only=True, constraints=", ".join(PRECISIONS)))
-        size_range = [IntegerRange(from_value=0, to_value=8192, step=1)]
-        width = self._declare("input_width", 0, _descriptor(
-            "Network input width in pixels; 0 = the checkpoint's", p.INTEGER, read_only=True,
-            integer_range=size_range))
-        height = self._declare("input_height", 0, _descriptor(
-            "Network input height in pixels; 0 = the checkpoint's", p.INTEGER, read_only=True,
-            integer_range=size_range))
-        backend = self._declare("backend", "auto", _descriptor(
-            "Inference backend; auto = PyTorch on CUDA, on the CPU ONNX Runtime where timed faster at start-up",
-            p.STRING, read_only=True, constraints=", ".join(BACKENDS)))
-        threads = self._declare("threads", 0, _descriptor(
-            "CPU inference threads (process-wide); 0 = every core this process may use", p.INTEGER,
-            read_only=True, integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)]))
-        transport = self._declare("input_transport", "raw", _descriptor(
-            "raw: subscribe `image` (sensor_msgs/Image); compressed: `image/compressed` (CompressedImage)",
-            p.STRING, read_only=True, constraints="raw or compressed"))
-        self.max_input_pixels = self._declare("max_input_pixels", DEFAULT_MAX_PIXELS, _descriptor(
-            "Frames with more pixels (width x height) are rejected and counted as invalid", p.INTEGER,
-            read_only=True, integer_range=[IntegerRange(from_value=1, to_value=2**31 - 1, step=1)]))
-        self.pipelined = bool(self._declare("pipelined", True, _descriptor(
-            "Post-process and publish frame N in a second thread while the network runs on frame N+1 (rate: "
-            "max instead of sum of the two stages; same latency). false = one thread does both", p.BOOL,
-            read_only=True)))
-        self.overlay_alpha = float(self._declare("overlay_alpha", 0.5, _descriptor(
-            "Weight of the class colours in `overlay` (0 = frame only, 1 = colours only); changeable at run time",
-            p.DOUBLE, floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)])))
-
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"parameter input_transport must be raw or compressed, got {transport!r}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"parameter precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if backend not in BACKENDS:
-            raise ConfigError(f"parameter backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        try:
-            self.device = resolve_device(device)
-        except ValueError as exc:
-            raise ConfigError(f"parameter device: {_one_line(exc)}") from None
-        try:
-            path = checkpoint or str(default_checkpoint())
-            meta = load_meta(path) if not path.lower().endswith(".onnx") else _load_onnx_meta(path)
-        except CheckpointError as exc:
-            raise ConfigError(f"parameter checkpoint: {_one_line(exc)}") from None
-
-        road = self._declare("road_classes", list(meta.road_classes), _descriptor(
-            "Classes that form `road_mask` (names from class_names); changeable at run time", p.STRING_ARRAY))
-        problem = self._check_road_classes(road, meta.class_names)
-        if problem:
-            raise ConfigError(f"parameter road_classes: {problem}")
-
-        input_size = None
-        if width or height:
-            input_size = (height or meta.input_size[0], width or meta.input_size[1])
-        try:
-            self.segmenter = Segmenter.from_checkpoint(path, device=str(self.device), precision=precision,
-                                                       input_size=input_size, backend=backend,
-                                                       threads=threads or None)
-            self.segmenter.set_road_classes(road)
-        except (CheckpointError, ValueError) as exc:
-            raise ConfigError(f"cannot load the model: {_one_line(exc)}") from None
-        self.checkpoint_path = path
-        self.model_name = meta.model
-
-        # Read-only facts for clients; ignore_override: a YAML cannot make them lie about the model.
-        self.declare_parameter("class_names", self.segmenter.class_names, _descriptor(
-            "What label id i means: class_names[i] (from the checkpoint)", p.STRING_ARRAY, read_only=True),
-            ignore_override=True)
-        colors = ["#{:02x}{:02x}{:02x}".format(*map(int, c)) for c in self.segmenter.palette]
-        self.declare_parameter("class_colors", colors, _descriptor(
-            "Colour of class i in color_mask / overlay, as '#rrggbb' strings (from the checkpoint)",
-            p.STRING_ARRAY, read_only=True), ignore_override=True)
-
-        qos_options = QoSOverridingOptions.with_default_policies
-        # raw=True: frames arrive serialized and only the one the worker takes is deserialized (cdr.py).
-        if transport == "compressed":
-            self._input_type = COMPRESSED_TYPE
-            self.image_sub = self.create_subscription(CompressedImage, "image/compressed", self.image_callback,
-                                                      input_qos(), qos_overriding_options=qos_options(), raw=True)
-        else:
-            self._input_type = IMAGE_TYPE
-            self.image_sub = self.create_subscription(Image, "image", self.image_callback, input_qos(),
-                                                      qos_overriding_options=qos_options(), raw=True)
-        self.camera_info_sub = self.create_subscription(CameraInfo, "camera_info", self.camera_info_callback,
-                                                        input_qos(), qos_overriding_options=qos_options())
-        self.output_pubs = {name: self.create_publisher(Image, name, output_qos(), qos_overriding_options=qos_options())
-                            for name in OUTPUTS}
-        # Road outputs for planners: the road mask refinement and its ground-plane grid (road_grid.py).
-        self.road_grid = RoadGridBuilder(**declare_road_grid_parameters(self))
-        self.road_grid_pub = self.create_publisher(OccupancyGrid, ROAD_GRID_TOPIC, output_qos(),
-                                                   qos_overriding_options=qos_options())
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
-        self._diag_last = (time.monotonic(), 0)
-        self.diagnostics_timer = self.create_timer(1.0, self.diagnostics_callback)
         self.add_on_set_parameters_callback(self.validate_parameters_callback)
         self.add_post_set_parameters_callback(self.apply_parameters_callback)
-        h, w = self.segmenter.input_size
-        self.get_logger().info(
-            f"model {meta.model} ({meta.num_classes} classes) from {path} on {self.device} {precision}, "
-            f"backend {self.segmenter.backend}, network input {w}x{h}; "
-            f"subscribed to {self.image_sub.topic_name} ({transport})")
+        self.autostart = bool(self.get_parameter("autostart").value)
+        if self.autostart:
+            for step in (self.trigger_configure, self.trigger_activate):
+                if step() != SUCCESS:
+                    self.destroy_node()
+                    raise ConfigError(self.last_error or f"{step.__name__} failed")
 
-    def _declare(self, name: str, default: Any, descriptor: ParameterDescriptor) -> Any:
-        """declare_parameter, with rclpy's type and range errors reworded into one clear line."""
-        try:
-            return self.declare_parameter(name, default, descriptor).value
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            given = getattr(self, "_parameter_overrides", {}).get(name)
-            value = given.value if given is not None else default
-            if isinstance(exc, InvalidParameterTypeException):
-                expected = Parameter.Type(descriptor.type).name.lower().replace("_", " ")
-                raise ConfigError(f"parameter {name}: expected type {expected}, got {value!r}") from None
-            limits = descriptor.floating_point_range or descriptor.integer_range
-            if limits:
-                raise ConfigError(f"parameter {name}: {value!r} is outside [{limits[0].from_value}, "
-                                  f"{limits[0].to_value}]") from None
-            raise ConfigError(f"parameter {name}: {_one_line(exc)}") from None
+    # -- parameters ----------------------------------------------------------------------------
+    def _declare_for_configure(self, name: str, default: Any, descriptor: ParameterDescriptor, **kwargs: Any) -> Any:
+        """A parameter that exists while the node is configured (cleanup undeclares it)."""
+        if not self.has_parameter(name):
+            declare(self, name, default, descriptor, **kwargs)
+            self._configured_names.append(name)
+        return self.get_parameter(name).value
 
-    @staticmethod
-    def _check_road_classes(names: Sequence[str], known: Sequence[str]) -> str:
-        if not names:
-            return "must name at least one class"
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            return f"unknown classes {unknown}; classes are {list(known)}"
-        return ""
+    def _camera_of(self, name: str) -> tuple[Camera, str] | None:
+        """(camera, road grid parameter) a parameter name belongs to, or None."""
+        for camera in self.cameras:
+            prefix = camera.parameter("")
+            if name.startswith(prefix) and name[len(prefix):] in ROAD_GRID_DEFAULTS:
+                return camera, name[len(prefix):]
+        return None
 
-    # -- run-time parameters -------------------------------------------------------------------
     def validate_parameters_callback(self, params: list[Parameter]) -> SetParametersResult:
-        """Reject bad run-time values before anything changes (read-only ones rclpy rejects itself)."""
+        """Reject bad values before anything changes (read-only ones rclpy rejects itself)."""
+        if self._declaring:
+            return SetParametersResult(successful=True)
+        state = self._state_machine.current_state[1]
+        per_camera: dict[Camera, dict[str, Any]] = {}
+        top: dict[str, Any] = {}  # road-grid values while unconfigured: what the cameras will start from
         for param in params:
-            if param.name == "road_classes":
+            if param.name in STARTUP_PARAMETERS and state != "unconfigured":
+                return SetParametersResult(successful=False, reason=(
+                    f"{param.name} is read on configure: change it while the node is unconfigured (it is {state})"))
+            if param.name == "road_classes" and self.segmenter is not None:
                 if param.type_ != Parameter.Type.STRING_ARRAY:
                     return SetParametersResult(successful=False, reason="road_classes must be a string array")
-                problem = self._check_road_classes(list(param.value), self.segmenter.class_names)
+                problem = check_road_classes(list(param.value), self.segmenter.class_names)
                 if problem:
                     return SetParametersResult(successful=False, reason=f"road_classes: {problem}")
             elif param.name == "overlay_alpha" and (param.type_ != Parameter.Type.DOUBLE
                                                     or not 0.0 <= param.value <= 1.0):
                 reason = f"overlay_alpha must be a double in [0, 1], got {param.value!r}"
                 return SetParametersResult(successful=False, reason=reason)
-        road_updates = {p.name: p.value for p in params if p.name in ROAD_GRID_DEFAULTS}
-        if road_updates and (reason := self.road_grid.check_params(**road_updates)):
+            elif param.name in ROAD_GRID_DEFAULTS and self.cameras and self.cameras[0].name:
+                return SetParametersResult(successful=False, reason=(
+                    f"with cameras set, {param.name} is per camera: set <camera>.{param.name}"))
+            elif (owner := self._camera_of(param.name)) is not None:
+                per_camera.setdefault(owner[0], {})[owner[1]] = param.value
+            elif param.name in ROAD_GRID_DEFAULTS:
+                top[param.name] = param.value
+        if top and (reason := RoadGridBuilder().check_params(
+                **{**{n: self.get_parameter(n).value for n in ROAD_GRID_DEFAULTS}, **top})):
             return SetParametersResult(successful=False, reason=reason)
+        for camera, updates in per_camera.items():
+            if reason := camera.road_grid.check_params(**updates):
+                prefix = f"camera {camera.name}: " if camera.name else ""
+                return SetParametersResult(successful=False, reason=prefix + reason)
         return SetParametersResult(successful=True)
 
     def apply_parameters_callback(self, params: list[Parameter]) -> None:
         """Apply values that passed validation; they hold from the next frame to be post-processed."""
+        if self._declaring or self.segmenter is None:
+            return
         with self._segment_lock:
+            per_camera: dict[Camera, dict[str, Any]] = {}
             for param in params:
                 if param.name == "road_classes":
                     self.segmenter.set_road_classes(list(param.value))
@@ -363,134 +185,335 @@ class SegmentationNode(Node):
                 elif param.name == "overlay_alpha":
                     self.overlay_alpha = float(param.value)
                     self.get_logger().info(f"overlay_alpha = {self.overlay_alpha}")
-            road_updates = {p.name: p.value for p in params if p.name in ROAD_GRID_DEFAULTS}
-            if road_updates:
-                self.road_grid.set_params(**road_updates)
-                self.get_logger().info(f"road parameters: {road_updates}")
+                elif param.name in ("input_timeout", "startup_grace"):
+                    self.health_limits = self._health_limits()
+                elif (owner := self._camera_of(param.name)) is not None:
+                    per_camera.setdefault(owner[0], {})[owner[1]] = param.value
+            for camera, updates in per_camera.items():
+                camera.road_grid.set_params(**updates)
+                self.get_logger().info(f"road parameters{' of ' + camera.name if camera.name else ''}: {updates}")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _change_state_request(self, handle, request: ChangeState.Request, response: ChangeState.Response):
+        """~/change_state, refusing with a clear log line a transition the current state does not have
+        (rclpy would raise inside the executor and take the process down)."""
+        state = self._state_machine.current_state[1]
+        possible = {t[0]: t[1] for t in self._state_machine.available_transitions}  # id -> label
+        wanted = request.transition.label or str(request.transition.id)
+        if not (request.transition.label in possible.values() if request.transition.label
+                else request.transition.id in possible):
+            self.get_logger().error(f"lifecycle: cannot '{wanted}' in state '{state}'; possible: "
+                                    f"{', '.join(sorted(set(possible.values()))) or 'none'}")
+            response.success = False
+            return response
+        return handle(request, response)
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model, make every camera's subscriptions and publishers; on failure undo it all."""
+        try:
+            self._configure()
+        except Exception as exc:
+            self.last_error = _failure_message(exc)
+            self._release()
+            if not self.autostart:  # with autostart, main() prints it as the one error line
+                self.get_logger().error(f"configure failed: {self.last_error}")
+            return FAILURE
+        self.last_error = ""
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # lifecycle publishers first: the worker may publish at once
+        self._discard_pending()
+        self._active_since = time.monotonic()
+        # publish: looked up per frame, so a replaced publish_frame (tests) is the one used
+        self._threads = FrameThreads(self._mailboxes, self.infer_frames, lambda frame: self.publish_frame(frame),
+                                     self._frame_failed, lambda camera: camera.stats.count("dropped"),
+                                     self.context.ok, self.pipelined, self.max_batch)
+        self._threads.start()
+        self._active = True
+        self.get_logger().info("active: segmenting")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self.get_logger().info("inactive: frames are ignored until activated again")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("unconfigured: model and subscriptions released")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return SUCCESS  # back to unconfigured
+
+    def _stop_processing(self) -> None:
+        """Stop taking frames, let the worker and publisher threads finish their frame, and count what
+        was still pending as dropped."""
+        self._active = False
+        if self._threads is not None:
+            self._threads.stop()
+            self._threads = None
+        self._discard_pending()
+
+    def _discard_pending(self) -> None:
+        for index, _ in self._mailboxes.drain():
+            self.cameras[index].stats.count("dropped")
+
+    def _configure(self) -> None:
+        settings = read_startup(self, list(self._parameters))
+        self.device, meta = settings.device, settings.meta
+        self._declaring = True
+        try:
+            road = self._declare_for_configure("road_classes", list(meta.road_classes), descriptor(
+                "Classes that form `road_mask` (names from class_names); changeable at run time",
+                Parameter.Type.STRING_ARRAY))
+        finally:
+            self._declaring = False
+        if problem := check_road_classes(road, meta.class_names):
+            raise ConfigError(f"parameter road_classes: {problem}")
+        try:
+            self.segmenter = Segmenter.from_checkpoint(
+                settings.checkpoint, device=str(self.device), precision=settings.precision,
+                input_size=settings.input_size, backend=settings.backend, threads=settings.threads or None)
+            self.segmenter.set_road_classes(road)
+        except (CheckpointError, ValueError) as exc:
+            raise ConfigError(f"cannot load the model: {one_line(exc)}") from None
+        self.checkpoint_path, self.model_name = settings.checkpoint, meta.model
+        self._engine_facts = health.engine_facts(self.segmenter.describe())
+        self._declare_class_parameters()
+        self.max_input_pixels, self.max_batch, self.pipelined = (settings.max_input_pixels, settings.max_batch,
+                                                                 settings.pipelined)
+        self.overlay_alpha, self.health_limits = float(value(self, "overlay_alpha")), self._health_limits()
+        transport = settings.transport
+        self._make_cameras(settings.cameras)
+        self._input_type = COMPRESSED_TYPE if transport == "compressed" else IMAGE_TYPE
+        for camera in self.cameras:
+            self._make_camera_entities(camera, transport)
+        self._mailboxes = CameraMailboxes(len(self.cameras))
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, diagnostics_qos())
+        # A steady clock: diagnostics go on under use_sim_time before /clock runs (stamps use the node clock).
+        self.diagnostics_timer = self.create_timer(1.0, self.diagnostics_callback,
+                                                   clock=Clock(clock_type=ClockType.STEADY_TIME))
+        h, w = self.segmenter.input_size
+        subscribed = ", ".join(c.image_sub.topic_name for c in self.cameras)
+        self.get_logger().info(
+            f"model {meta.model} ({meta.num_classes} classes) from {settings.checkpoint} on {self.device} "
+            f"{settings.precision}, "
+            f"backend {self.segmenter.backend}, network input {w}x{h}; subscribed to {subscribed} ({transport})")
+
+    def _health_limits(self) -> health.HealthLimits:
+        return health.HealthLimits(float(value(self, "input_timeout")), float(value(self, "startup_grace")))
+
+    def _declare_class_parameters(self) -> None:
+        """class_names / class_colors: read-only facts of the checkpoint, declared by the first configure;
+        a later configure must load a checkpoint with the same classes (clients may have read them)."""
+        p = Parameter.Type
+        names = self.segmenter.class_names
+        colors = ["#{:02x}{:02x}{:02x}".format(*map(int, c)) for c in self.segmenter.palette]
+        if self.has_parameter("class_names"):
+            if list(self.get_parameter("class_names").value) != names:
+                raise ConfigError(f"checkpoint classes {names} differ from this node's class_names "
+                                  f"{list(self.get_parameter('class_names').value)}: restart the node to change them")
+            return
+        # ignore_override: a YAML cannot make them lie about the model.
+        self.declare_parameter("class_names", names, descriptor(
+            "What label id i means: class_names[i] (from the checkpoint)", p.STRING_ARRAY, read_only=True),
+            ignore_override=True)
+        self.declare_parameter("class_colors", colors, descriptor(
+            "Colour of class i in color_mask / overlay, as '#rrggbb' strings (from the checkpoint)",
+            p.STRING_ARRAY, read_only=True), ignore_override=True)
+
+    def _make_cameras(self, names: list[str]) -> None:
+        """One Camera per name (or the single unnamed one), with its road-grid parameters."""
+        top = {name: self.get_parameter(name).value for name in ROAD_GRID_DEFAULTS}
+        for index, name in enumerate(names or [""]):
+            prefix = f"{name}." if name else ""
+            before = set(self._parameters)
+            self._declaring = True
+            try:
+                values = declare_road_grid_parameters(self, prefix, top)
+            finally:
+                self._declaring = False
+                self._configured_names += [n for n in self._parameters if n not in before]
+            try:
+                road_grid = RoadGridBuilder(**values)
+            except ValueError as exc:
+                raise ConfigError(f"{'camera ' + name + ': ' if name else ''}{one_line(exc)}") from None
+            self.cameras.append(Camera(name, index, road_grid))
+
+    def _make_camera_entities(self, camera: Camera, transport: str) -> None:
+        qos_options = QoSOverridingOptions.with_default_policies
+        # raw=True: frames arrive serialized and only the one the worker takes is deserialized (cdr.py).
+        callback = lambda msg, camera=camera: self.image_callback(msg, camera)  # noqa: E731
+        if transport == "compressed":
+            camera.image_sub = self.create_subscription(
+                CompressedImage, camera.topic(topics.COMPRESSED_IMAGE), callback, input_qos(),
+                qos_overriding_options=qos_options(), raw=True)
+        else:
+            camera.image_sub = self.create_subscription(Image, camera.topic(topics.IMAGE), callback, input_qos(),
+                                                        qos_overriding_options=qos_options(), raw=True)
+        camera.camera_info_sub = self.create_subscription(
+            CameraInfo, camera.topic(topics.CAMERA_INFO), lambda msg, camera=camera: self.camera_info_callback(
+                msg, camera), input_qos(), qos_overriding_options=qos_options())
+        self._subscriptions_made += [camera.image_sub, camera.camera_info_sub]
+        camera.output_pubs = {name: self.create_lifecycle_publisher(Image, camera.topic(name), output_qos(),
+                                                                    qos_overriding_options=qos_options())
+                              for name in topics.OUTPUTS}
+        # Road outputs for planners: the road mask refinement and its ground-plane grid (road_grid.py).
+        camera.road_grid_pub = self.create_lifecycle_publisher(OccupancyGrid, camera.topic(topics.ROAD_GRID),
+                                                               output_qos(), qos_overriding_options=qos_options())
+
+    def _release(self) -> None:
+        """Undo configure (also a failed one): entities, per-configuration parameters, the model."""
+        for camera in self.cameras:
+            for pub in camera.publishers():
+                self.destroy_lifecycle_publisher(pub)
+        for sub in self._subscriptions_made:
+            self.destroy_subscription(sub)
+        if self.diagnostics_timer is not None:
+            self.destroy_timer(self.diagnostics_timer)
+            self.destroy_publisher(self.diagnostics_pub)
+        self._subscriptions_made, self.cameras = [], []
+        self.diagnostics_pub = self.diagnostics_timer = None
+        self._mailboxes = CameraMailboxes(0)
+        for name in self._configured_names:
+            if self.has_parameter(name):
+                self.undeclare_parameter(name)
+        self._configured_names = []
+        if self.segmenter is not None:
+            cuda = self.segmenter.device.type == "cuda"
+            self.segmenter = None
+            gc.collect()
+            if cuda:
+                import torch
+
+                torch.cuda.empty_cache()
 
     # -- callbacks -----------------------------------------------------------------------------
-    def image_callback(self, msg: bytes) -> None:
+    @property
+    def stats(self):
+        """The counters of the first (in a single-camera node: the only) camera."""
+        return self.cameras[0].stats
+
+    @property
+    def counters(self):
+        """Live counters of the first camera; read them through stats.take() for a consistent set."""
+        return self.cameras[0].stats.counters
+
+    @property
+    def road_grid(self) -> RoadGridBuilder:
+        return self.cameras[0].road_grid
+
+    def image_callback(self, msg: bytes, camera: Camera) -> None:
         """Only store the serialized frame: the worker takes the newest one when it is free and
-        deserializes it then, so a frame replaced before that costs no more than its bytes."""
-        with self._counters_lock:  # counted before the worker can see it: pending never goes negative
-            self.counters.received += 1
-        if self._mailbox.put((msg, time.monotonic())):
-            self._count("dropped")
-
-    def camera_info_callback(self, msg: CameraInfo) -> None:
-        self.camera_info = msg
-        self.road_grid.update_camera_info(msg)  # rebuilds the grid lookup only when the camera changed
-
-    # -- the worker ----------------------------------------------------------------------------
-    def _worker_loop(self) -> None:
-        """Newest frame -> network -> the publisher thread (or postprocess and publish here, unpipelined)."""
-        name_os_thread()
-        while not self._stop.is_set():
-            item = self._mailbox.take(timeout=0.5)
-            if item is None:
-                continue
-            try:
-                frame = self.infer_frame(*item)
-                if frame is not None:
-                    self._hand_over(frame)
-            except Exception as exc:  # e.g. MemoryError decoding a frame: lose that frame, never the worker
-                if not self.context.ok():
-                    return
-                self._frame_failed(exc)
-
-    def _hand_over(self, frame: InferredFrame) -> None:
-        if not self.pipelined:
-            self.publish_frame(frame)
+        deserializes it then, so a frame replaced before that costs no more than its bytes. Inactive:
+        the frame is only counted as ignored."""
+        if not self._active:
+            camera.stats.count("ignored")
             return
-        while not self._stop.is_set():  # waits while the publisher is busy: back-pressure, no queue
-            try:
-                self._outbox.put(frame, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        now = time.monotonic()
+        camera.stats.count("received", now=now)  # before the worker can see it: pending never goes negative
+        if self._mailboxes.put(camera.index, (msg, now)):
+            camera.stats.count("dropped")
 
-    def _publisher_loop(self) -> None:
-        name_os_thread()
-        while not self._stop.is_set():
-            try:
-                frame = self._outbox.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            try:
-                self.publish_frame(frame)
-            except Exception as exc:  # publishing failed: lose that frame, never the thread
-                if not self.context.ok():
-                    return
-                self._frame_failed(exc)
+    def camera_info_callback(self, msg: CameraInfo, camera: Camera) -> None:
+        camera.camera_info = msg
+        # The grid lookup is rebuilt only when the camera changed; say at once when it became unusable.
+        if camera.road_grid.update_camera_info(msg) and camera.road_grid.camera_error:
+            where = f" of camera {camera.name}" if camera.name else ""
+            self.get_logger().warning(f"no road_grid from this camera_info{where}: {camera.road_grid.camera_error}")
 
-    def _frame_failed(self, exc: Exception) -> None:
-        self._count("errors", f"frame failed: {type(exc).__name__}: {_one_line(exc)}")
-        self.get_logger().error(f"frame dropped, {type(exc).__name__}: {_one_line(exc)}", throttle_duration_sec=5.0)
+    # -- the worker (threads: pipeline.FrameThreads) ----------------------------------------------
+    def _frame_failed(self, camera: Camera, exc: Exception) -> None:
+        camera.stats.count("errors", f"frame failed: {type(exc).__name__}: {one_line(exc)}")
+        self.get_logger().error(f"frame dropped, {type(exc).__name__}: {one_line(exc)}", throttle_duration_sec=5.0)
 
-    def _inference_failed(self, exc: Exception) -> None:
-        """E.g. CUDA out of memory in the network or the full-resolution postprocess: lose this frame only."""
+    def _inference_failed(self, cameras: list[Camera], exc: Exception) -> None:
+        """E.g. CUDA out of memory in the network or the full-resolution postprocess: lose these frames only."""
         if not self.context.ok():  # shutting down, nothing to report
             return
         self._recover_from(exc)
-        self._count("errors", f"inference failed: {type(exc).__name__}: {_one_line(exc)}")
-        self.get_logger().error(f"frame dropped, inference failed: {type(exc).__name__}: {_one_line(exc)}",
+        for camera in cameras:
+            camera.stats.count("errors", f"inference failed: {type(exc).__name__}: {one_line(exc)}")
+        self.get_logger().error(f"frame dropped, inference failed: {type(exc).__name__}: {one_line(exc)}",
                                 throttle_duration_sec=5.0)
 
-    def infer_frame(self, raw: bytes, received_at: float) -> InferredFrame | None:
-        """Decode and run the network (for the outputs someone subscribes to); None when the frame ends here."""
-        try:  # rgb8: a view of the deserialized message's buffer, no copy
-            header, rgb = decode_serialized(raw, self._input_type, self.max_input_pixels, copy=False)
-        except ImageDecodeError as exc:
-            self._count("invalid", f"invalid frame: {exc}")
-            self.get_logger().warning(f"invalid frame dropped: {exc}", throttle_duration_sec=5.0)
-            return None
-        wanted = [name for name, pub in self.output_pubs.items() if pub.get_subscription_count() > 0]
-        grid_wanted = self.road_grid_pub.get_subscription_count() > 0
-        compute = set(wanted)
-        if grid_wanted or "road_mask" in compute:
-            compute.add("road_mask")
-            if self.road_grid.params.road_min_confidence > 0:
-                compute.add("confidence")  # the road threshold reads it; no second forward pass
-        if not compute:
-            self._count("skipped")
-            return None
+    def infer_frames(self, items: list[tuple[int, tuple[bytes, float]]]) -> list[InferredFrame]:
+        """Decode each camera's frame and run the network on those with a subscribed output, as one
+        batch; a frame that ends here (invalid, nothing wanted, a failure) is counted on its camera."""
+        ready = []
+        for index, (raw, received_at) in items:
+            camera = self.cameras[index]
+            try:  # rgb8: a view of the deserialized message's buffer, no copy
+                header, rgb = decode_serialized(raw, self._input_type, self.max_input_pixels, copy=False)
+            except ImageDecodeError as exc:
+                camera.stats.count("invalid", f"invalid frame: {exc}")
+                self.get_logger().warning(f"invalid frame dropped: {exc}", throttle_duration_sec=5.0)
+                continue
+            except Exception as exc:  # e.g. MemoryError decoding a frame: lose that frame, never the worker
+                if not self.context.ok():
+                    return []
+                self._frame_failed(camera, exc)
+                continue
+            wanted = [name for name, pub in camera.output_pubs.items() if pub.get_subscription_count() > 0]
+            grid_wanted = camera.road_grid_pub.get_subscription_count() > 0
+            compute = set(wanted)
+            if grid_wanted or "road_mask" in compute:
+                compute.add("road_mask")
+                if camera.road_grid.params.road_min_confidence > 0:
+                    compute.add("confidence")  # the road threshold reads it; no second forward pass
+            if not compute:
+                camera.stats.count("skipped")
+                continue
+            ready.append((camera, header, rgb, compute, wanted, grid_wanted, received_at))
+        if not ready:
+            return []
         try:
             t0 = time.monotonic()
-            net = self.segmenter.run_network(rgb)
+            if len(ready) == 1:
+                nets = [self.segmenter.run_network(ready[0][2])]
+            else:
+                nets = self.segmenter.run_network_batch([r[2] for r in ready])
         except Exception as exc:
-            self._inference_failed(exc)
-            return None
-        return InferredFrame(header, net, compute, wanted, grid_wanted, received_at, time.monotonic() - t0)
+            self._inference_failed([r[0] for r in ready], exc)
+            return []
+        network_s = time.monotonic() - t0
+        return [InferredFrame(camera, header, net, compute, wanted, grid, received_at, network_s)
+                for (camera, header, _, compute, wanted, grid, received_at), net in zip(ready, nets, strict=True)]
 
     def publish_frame(self, frame: InferredFrame) -> None:
         """Postprocess, refine the road mask, then publish every wanted output (and the road grid) with
         the input's header."""
-        header = frame.header
+        camera, header = frame.camera, frame.header
         with self._segment_lock:  # one consistent set of run-time parameters per frame
             t0 = time.monotonic()
             try:
                 result = self.segmenter.postprocess(frame.net, frame.compute, overlay_alpha=self.overlay_alpha)
             except Exception as exc:
-                self._inference_failed(exc)
+                self._inference_failed([camera], exc)
                 return
             inference_s = frame.network_s + time.monotonic() - t0
             if "road_mask" in result:
-                result["road_mask"] = self.road_grid.refine(result["road_mask"], result.get("confidence"))
+                result["road_mask"] = camera.road_grid.refine(result["road_mask"], result.get("confidence"))
         for name in frame.wanted:
-            self.output_pubs[name].publish(encode_image(result[name], OUTPUT_ENCODINGS[name], header))
+            camera.output_pubs[name].publish(encode_image(result[name], OUTPUT_ENCODINGS[name], header))
         if frame.grid_wanted:
-            grid = self.road_grid.build(result["road_mask"], header, refined=True)
+            grid = camera.road_grid.build(result["road_mask"], header, refined=True)
             if grid is not None:
-                self.road_grid_pub.publish(grid)
+                camera.road_grid_pub.publish(grid)
             else:
-                self.get_logger().warning(f"no road_grid: {self.road_grid.camera_error or 'no CameraInfo yet'}",
-                                          throttle_duration_sec=5.0)
-        with self._counters_lock:
-            self.counters.processed += 1
-            for name in frame.wanted:
-                self.counters.published[name] += 1
-            self._latencies.append(time.monotonic() - frame.received_at)
-            self._inference_times.append(inference_s)
+                reason = f"no road_grid: {camera.road_grid.camera_error or 'no CameraInfo yet'}"
+                camera.stats.count("no_road_grid", reason)
+                self.get_logger().warning(reason, throttle_duration_sec=5.0)
+        camera.stats.processed(frame.wanted, time.monotonic() - frame.received_at, inference_s)
 
     def _recover_from(self, exc: Exception) -> None:
         """After a CUDA out-of-memory error give the cached blocks back, so the next frame can fit."""
@@ -499,78 +522,62 @@ class SegmentationNode(Node):
 
             torch.cuda.empty_cache()
 
-    def _count(self, counter: str, problem: str = "") -> None:
-        with self._counters_lock:
-            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-            if problem:
-                self._last_problem = problem
-
     # -- diagnostics ---------------------------------------------------------------------------
     def diagnostics_callback(self) -> None:
-        """1 Hz DiagnosticArray on /diagnostics: counters, latency, output rate, device, model."""
+        """1 Hz DiagnosticArray on /diagnostics, one status per camera: `<node>: <camera>` (the single
+        camera: `<node>: segmentation`), level and message from `health`, counters, latency, rate, engine."""
         now = time.monotonic()
-        with self._counters_lock:
-            c = self.counters.snapshot()
-            latencies = np.asarray(self._latencies, dtype=np.float64)
-            inference = np.asarray(self._inference_times, dtype=np.float64)
-            problem, self._last_problem = self._last_problem, ""
-        last_t, last_processed = self._diag_last
-        rate = (c["processed"] - last_processed) / max(now - last_t, 1e-6)
-        self._diag_last = (now, c["processed"])
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation",
-                                  hardware_id=str(self.device))
-        if problem:
-            status.level = DiagnosticStatus.ERROR if problem.startswith("inference") else DiagnosticStatus.WARN
-            status.message = problem[:200]
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = "segmenting" if rate > 0 else ("waiting for frames" if c["received"] == 0 else "idle")
-
-        def ms(values: np.ndarray, q: float | None = None) -> str:
-            if values.size == 0:
-                return "nan"
-            return f"{(np.percentile(values, q) if q is not None else values.mean()) * 1e3:.1f}"
-
-        values = {
-            **{k: str(v) for k, v in c.items() if k != "published"},
-            **{f"published {k}": str(v) for k, v in c["published"].items()},
-            "latency mean ms": ms(latencies),
-            "latency p99 ms": ms(latencies, 99),
-            "inference mean ms": ms(inference),
-            "output rate hz": f"{rate:.2f}",
-            "device": str(self.device),
-            "precision": self.segmenter.precision,
-            "backend": self.segmenter.backend,
-            "model": self.model_name,
-            "checkpoint": str(self.checkpoint_path),
-            "input topic": self.image_sub.topic_name,
-        }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
+        fqn = self.get_fully_qualified_name()
+        msg = DiagnosticArray(status=[self._camera_status(camera, fqn, now) for camera in self.cameras])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(msg)
 
+    def _camera_status(self, camera: Camera, fqn: str, now: float) -> DiagnosticStatus:
+        c, latencies, inference, problem = camera.stats.take()
+        last_t, last_processed = camera.diag_last
+        rate = (c["processed"] - last_processed) / max(now - last_t, 1e-6)
+        camera.diag_last = (now, c["processed"])
+        if self._active:
+            level, message = health.assess(camera.stats.input_state(), problem, now=now,
+                                           active_since=self._active_since, limits=self.health_limits,
+                                           received=c["received"], rate_hz=rate)
+        else:
+            level, message = health.OK, "inactive (lifecycle): frames are ignored"
+        input_topic = camera.image_sub.topic_name
+        status = DiagnosticStatus(level=LEVELS[level], name=f"{fqn}: {camera.label}", message=message,
+                                  hardware_id=f"{fqn}:{camera.name or input_topic}")
+
+        values = {
+            **health.frame_values(c, latencies, inference, rate),
+            "camera": camera.label,
+            "input topic": input_topic,
+            "device": str(self.device),
+            "precision": self.segmenter.precision,
+            "backend": self.segmenter.backend,
+            **self._engine_facts,
+            "model": self.model_name,
+            "checkpoint": str(self.checkpoint_path),
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
+
+    def threads_alive(self) -> bool:
+        """Whether the worker (and, pipelined, the publisher thread) still run: a failing frame must
+        never take one down."""
+        return self._threads is not None and self._threads.alive()
+
     # -- shutdown ------------------------------------------------------------------------------
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._mailbox.close()
-        for thread in (self._worker, self._publisher):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=5.0)
+        self._stop_processing()
+        self._mailboxes.close()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
     """Console script `segmentation_node`; exit status 2 with one error line on a bad parameter."""
     profile, how = apply_fastdds_profile()  # before rclpy.init: Fast DDS reads it at participant creation
-    try:
-        rclpy.init(args=args)
-    except Exception as exc:  # RCLError: a malformed --ros-args, an unreadable --params-file
-        reason = re.sub(r", at /\S+:\d+", "", _one_line(exc))  # drop rcl's C source locations
-        get_logger(NODE_NAME).error(f"cannot start: {reason}")
-        return EXIT_CONFIG_ERROR
-    node = None
-    try:
+
+    def make_node() -> SegmentationNode:
         node = SegmentationNode()
         if how == "packaged":
             node.get_logger().info(f"Fast DDS profile (packaged, for large frames): {profile}")
@@ -578,17 +585,9 @@ def main(args: list[str] | None = None) -> int:
             node.get_logger().info(f"Fast DDS profile (from the environment): {profile}")
         else:
             node.get_logger().warning("packaged Fast DDS profile not found; large frames may not arrive")
-        rclpy.spin(node)
-    except ConfigError as exc:
-        get_logger(NODE_NAME).error(f"cannot start: {exc}")
-        return EXIT_CONFIG_ERROR
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        return node
+
+    return run_node(NODE_NAME, make_node, args, config_errors=(ConfigError,))
 
 
 if __name__ == "__main__":

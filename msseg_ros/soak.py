@@ -2,7 +2,7 @@
 
     python -m msseg_ros.soak --duration 600 --rate-factor 3 --json out.json [--threads 1] [--checkpoint X]
 
-Starts the node the way users do (a subprocess, `python -m msseg_ros.segmentation_node --ros-args ...`),
+Starts the node the way users do (a subprocess: `segmentation_node --ros-args ...`),
 measures its processing rate (one frame at a time, round trip to the last output; then the rate it
 sustains when fed twice that for 5 s: the larger), then publishes frames at `rate-factor` times that
 rate for `duration` seconds while sampling the node's
@@ -25,25 +25,23 @@ from __future__ import annotations
 
 import argparse
 import array
-import contextlib
 import datetime
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-COUNTERS = ("received", "processed", "dropped", "invalid", "errors", "skipped")
-ALL_OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
+from msseg_core.io import write_text_atomic
+from msseg_ros import topics
+from msseg_ros.pipeline import COUNTERS, all_accounted
+
+ALL_OUTPUTS = topics.OUTPUTS
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -70,79 +68,42 @@ def _frames(width: int, height: int, count: int = 8, seed: int = 0) -> list[arra
     return frames
 
 
-class NodeUnderTest:
-    """The segmentation node in a subprocess, its output in a log file, its memory sampled."""
+class MemorySampler:
+    """Resident memory of a process, sampled in a background thread: [(monotonic time, bytes)]."""
 
-    def __init__(self, namespace: str, params: dict[str, Any]):
-        cmd = [sys.executable, "-m", "msseg_ros.segmentation_node", "--ros-args", "-r", f"__ns:={namespace}"]
-        for name, value in params.items():
-            if value not in ("", None):
-                cmd += ["-p", f"{name}:={value}"]
-        self.cmd = cmd
-        fd, self.log_path = tempfile.mkstemp(prefix="msseg_soak_node_", suffix=".log")
-        with os.fdopen(fd, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.rss: list[tuple[float, int]] = []  # (monotonic time, bytes)
-        self._stop = threading.Event()
-        self._sampler: threading.Thread | None = None
-
-    def output(self) -> str:
-        return Path(self.log_path).read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while "subscribed to" not in self.output():
-            if not self.alive():
-                raise RuntimeError(f"the node exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not start within {timeout} s:\n{self.output()[-3000:]}")
-            time.sleep(0.1)
-
-    def start_sampling(self, period: float = 0.5) -> None:
+    def __init__(self, pid: int, period: float = 0.5):
         import psutil
 
-        proc = psutil.Process(self.proc.pid)
+        self.rss: list[tuple[float, int]] = []
+        self._proc = psutil.Process(pid)
+        self._period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss_sampler", daemon=True)
+        self._thread.start()
 
-        def sample() -> None:
-            while not self._stop.wait(period):
-                try:
-                    self.rss.append((time.monotonic(), proc.memory_info().rss))
-                except psutil.Error:
-                    return
+    def _sample(self) -> None:
+        import psutil
 
-        self._sampler = threading.Thread(target=sample, name="rss_sampler", daemon=True)
-        self._sampler.start()
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGINT (a clean ROS shutdown); SIGKILL if that does not end it. The exit status."""
-        self._stop.set()
-        if self._sampler is not None:
-            self._sampler.join(timeout=5)
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
+        while not self._stop.wait(self._period):
             try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                return None
-        return self.proc.returncode
+                self.rss.append((time.monotonic(), self._proc.memory_info().rss))
+            except psutil.Error:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class SoakClient:
     """Camera side and observer: publishes frames, times their outputs, reads the node's diagnostics."""
 
     def __init__(self, namespace: str, outputs: Sequence[str], reliability: str, width: int, height: int):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
+
+        from msseg_ros.graph import PrivateContext
 
         self._Image = Image
         self.namespace = namespace.rstrip("/")
@@ -150,11 +111,11 @@ class SoakClient:
         self.outputs = tuple(outputs)
         self.width, self.height = width, height
         self.frames = _frames(width, height)
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)
-        self.node = rclpy.create_node("msseg_soak_camera", context=self.context)
+        self._ros = PrivateContext("msseg_soak_camera")
+        self.node = self._ros.node
         policy = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-        self.pub = self.node.create_publisher(Image, f"{self.namespace}/image", QoSProfile(depth=5, reliability=policy))
+        self.pub = self.node.create_publisher(Image, topics.in_namespace(self.namespace, topics.IMAGE),
+                                              QoSProfile(depth=5, reliability=policy))
         self._lock = threading.Condition()
         self._pending: dict[tuple[int, int], tuple[float, set[str]]] = {}
         self.latencies: list[tuple[float, float, tuple]] = []  # (publish time, seconds to the last output, stamp)
@@ -164,17 +125,10 @@ class SoakClient:
         self._status_seq = 0
         self._seq = 0
         for name in self.outputs:
-            self.node.create_subscription(Image, f"{self.namespace}/{name}", lambda m, n=name: self._on_output(n, m),
+            self.node.create_subscription(Image, topics.in_namespace(self.namespace, name),
+                                          lambda m, n=name: self._on_output(n, m),
                                           QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self._spin_forever, name="soak_spin", daemon=True)
-        self._spin.start()
-
-    def _spin_forever(self) -> None:
-        with contextlib.suppress(Exception):  # the context shuts down under us at close()
-            self.executor.spin()
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
 
     # -- frames -------------------------------------------------------------------------------
     def publish(self) -> tuple[int, int]:
@@ -241,7 +195,7 @@ class SoakClient:
             while True:
                 if self._status_seq > after and self.status is not None:
                     c = {k: int(self.status[k]) for k in COUNTERS}
-                    if c["received"] == sum(c[k] for k in COUNTERS[1:]):
+                    if all_accounted(c):
                         return c
                     after = self._status_seq
                 remaining = deadline - time.monotonic()
@@ -250,12 +204,7 @@ class SoakClient:
                 self._lock.wait(remaining)
 
     def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown(timeout_sec=2.0)
-        self._spin.join(timeout=5)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self._ros.close()
 
 
 def _publish_at(client: SoakClient, rate: float, duration: float, stop: threading.Event) -> None:
@@ -287,12 +236,15 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
              calibration_s: float = 5.0,
              namespace: str = "/msseg_soak", startup_timeout: float = 180.0, log=print) -> dict[str, Any]:
     """Run the soak; returns the report (see the module docstring). `log` gets progress lines."""
+    from msseg_ros.graph import NodeProcess, ros_arguments
     from msseg_ros.qos import apply_fastdds_profile
 
     apply_fastdds_profile()  # before any participant: frames of several hundred KB
     warmup = max(5.0, 0.1 * duration) if warmup is None else warmup
-    params = {"checkpoint": checkpoint, "device": device, "backend": backend, "threads": threads}
-    node = NodeUnderTest(namespace, params)
+    params = {k: v for k, v in {"checkpoint": checkpoint, "device": device, "backend": backend,
+                                "threads": threads}.items() if v not in ("", None)}
+    node = NodeProcess("segmentation_node", ros_arguments(namespace, params=params))
+    memory: MemorySampler | None = None
     client = None
     report: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
@@ -301,7 +253,7 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
         "duration_s": duration, "warmup_s": warmup, "rate_factor": rate_factor, "reliability": reliability,
     }
     try:
-        node.wait_ready(startup_timeout)
+        node.wait_for_output("subscribed to", startup_timeout)
         client = SoakClient(namespace, outputs, reliability, width, height)
         # Discovery both ways, then the node's rate in lock-step (first frames warm it up).
         deadline = time.monotonic() + 60
@@ -329,7 +281,7 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
             f"{sustained:.1f} Hz; publishing at {rate:.1f} Hz ({rate_factor:g}x) for {duration:.0f} s")
         before = client.settled_counters()
         published_before, n_lat = client.published, len(client.latencies)
-        node.start_sampling()
+        memory = MemorySampler(node.pid)
         stop = threading.Event()
         t0 = time.monotonic()
         publisher = threading.Thread(target=_publish_at, args=(client, rate, duration, stop), daemon=True)
@@ -337,12 +289,12 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
         next_report = t0 + 30
         while publisher.is_alive():
             publisher.join(timeout=1.0)
-            if not node.alive():
+            if not node.alive:
                 stop.set()
                 raise RuntimeError(f"the node died during the soak:\n{node.output()[-3000:]}")
             if time.monotonic() >= next_report:
                 next_report += 30
-                rss = node.rss[-1][1] / 2**20 if node.rss else float("nan")
+                rss = memory.rss[-1][1] / 2**20 if memory.rss else float("nan")
                 log(f"  {time.monotonic() - t0:5.0f} s: published {client.published - published_before}, "
                     f"answered {len(client.latencies) - n_lat}, node RSS {rss:.1f} MiB")
         elapsed = time.monotonic() - t0
@@ -353,7 +305,8 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
         published = client.published - published_before
         lat = [(t - t0, d) for t, d, _ in client.latencies[n_lat:]]
         thirds = [[d for t, d in lat if k * elapsed / 3 <= t < (k + 1) * elapsed / 3] for k in range(3)]
-        samples = [(t - t0, r) for t, r in node.rss if t >= t0]
+        memory.stop()
+        samples = [(t - t0, r) for t, r in memory.rss if t >= t0]
         after_warm = [(t, r) for t, r in samples if t >= warmup]
         base = [r for t, r in after_warm if t < warmup + 10] or [r for _, r in after_warm[:1]]
         end = [r for t, r in after_warm if t >= after_warm[-1][0] - 10] if after_warm else []
@@ -379,14 +332,15 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
             node_latency_p99_ms=float(client.status.get("latency p99 ms", "nan")) if client.status else None,
         )
     finally:
+        if memory is not None:
+            memory.stop()
         if client is not None:
             client.close()
-        report["node_exit_code"] = node.stop()
+        report["node_exit_code"] = node.stop(timeout=20.0)
         report["node_log_tail"] = node.output()[-1500:]
-        os.unlink(node.log_path)
+        node.close()
     checks = {
-        "accounting": report["received"] == sum(report[k] for k in COUNTERS[1:])
-        and report["invalid"] == report["errors"] == report["skipped"] == 0,
+        "accounting": all_accounted(report) and report["invalid"] == report["errors"] == report["skipped"] == 0,
         "overloaded": report["dropped"] > 0,
         "memory": report["rss_mib"]["growth_pct"] < max_growth,
         "latency": report["latency_ms"].get("p99", float("inf")) < max_latency * 1e3,
@@ -431,8 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["command"] = "python -m msseg_ros.soak " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(report, indent=2)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        write_text_atomic(args.json, text + "\n")
     summary = {k: report[k] for k in ("published", "received", "processed", "dropped", "invalid", "errors",
                                       "skipped", "lost_in_transport", "input_rate_achieved_hz", "processed_rate_hz")}
     print(json.dumps(summary))

@@ -1,14 +1,16 @@
 """Shared utilities for tests that drive msseg ROS nodes over real DDS.
 
-- `tiny_checkpoint`: a session fixture writing a checkpoint of the smallest real network (CamVid classes).
 - `image_in_encoding`: an RGB frame as a sensor_msgs/Image in any supported encoding, with row padding.
-- `NodeProcess`: a node started as a subprocess the way users start it (`<script> --ros-args ...`).
+- `node_args`: the test settings as `--ros-args`, for msseg_ros.graph.NodeProcess (a node started as a
+  subprocess the way users start it).
 - `InProcessNode`: the SegmentationNode on its own rclpy Context and executor thread (no start-up cost).
 - `SegmentationClient`: a client node (own Context) that publishes frames, collects the node's outputs
-  by stamp, reads /diagnostics and calls the parameter services.
+  by stamp, reads /diagnostics and calls the parameter and lifecycle services.
+- `DiagnosticsLog`: every /diagnostics status of one node, in arrival order.
+- `namespace`: a namespace unique to this test run, for the topics of one test.
 
-Every process of a test run shares the ROS_DOMAIN_ID conftest.py picked, so tests cannot see each other's
-topics. This module points Fast DDS at the packaged large-image profile on import (before any
+Every process of a test run shares the ROS_DOMAIN_ID conftest.py picked, so test runs cannot see each
+other's topics. This module points Fast DDS at the packaged large-image profile on import (before any
 participant exists), like the node does: a camera-side process needs it for large frames.
 """
 
@@ -18,10 +20,6 @@ import array
 import contextlib
 import itertools
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -30,28 +28,34 @@ from typing import Any
 
 import cv2
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import GetParameters, SetParameters
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from msseg_core.inference import OUTPUTS
+from msseg_ros import topics
+from msseg_ros.graph import PrivateContext, ros_arguments
 from msseg_ros.image_codec import encode_image
+from msseg_ros.pipeline import COUNTERS
 from msseg_ros.qos import apply_fastdds_profile
 
 apply_fastdds_profile()
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT_MODULES = {"segmentation_node": "msseg_ros.segmentation_node"}
+RUN_ID = os.environ["MSSEG_TEST_RUN_ID"]  # conftest.py: unique per test run
 
 StampKey = tuple[int, int]
+
+
+def namespace(name: str) -> str:
+    """A namespace for one test's topics, unique to this test run: '/<name>_<run id>'."""
+    return f"/{name.strip('/')}_{RUN_ID}"
 
 
 # -- frames --------------------------------------------------------------------------------------
@@ -128,60 +132,14 @@ def rgb_image(rgb: np.ndarray, header: Header | None = None) -> Image:
     return encode_image(rgb, "rgb8", header or make_header())
 
 
+# -- the node's frame counters -------------------------------------------------------------------
+def frame_counters(node: Any) -> dict[str, int]:
+    """The counters that account for every frame (pipeline.COUNTERS) of an in-process node, read at once."""
+    counts = node.stats.snapshot()
+    return {k: counts[k] for k in COUNTERS}
+
+
 # -- nodes in subprocesses -----------------------------------------------------------------------
-class NodeProcess:
-    """A node started like a user would (`segmentation_node --ros-args ...`), output in a log file."""
-
-    def __init__(self, ros_args: Iterable[str], executable: str = "segmentation_node",
-                 env: dict[str, str] | None = None, cwd: str | os.PathLike = REPO):
-        script = Path(sys.executable).parent / executable
-        cmd = [str(script)] if script.exists() else [sys.executable, "-m", SCRIPT_MODULES[executable]]
-        self.cmd = cmd + list(ros_args)
-        fd, self.log_path = tempfile.mkstemp(prefix=f"{executable}_", suffix=".log")
-        with os.fdopen(fd, "wb") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        return Path(self.log_path).read_text(errors="replace")
-
-    def wait(self, timeout: float = 60.0) -> int:
-        """Exit status once it ends by itself (raises subprocess.TimeoutExpired)."""
-        return self.proc.wait(timeout)
-
-    def wait_for_output(self, text: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if not self.alive:
-                raise AssertionError(f"node exited with {self.proc.returncode} before printing {text!r}:\n"
-                                     f"{self.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} from the node within {timeout} s:\n{self.output()}")
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGINT (a clean ROS shutdown), SIGKILL if that does not end it."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def __enter__(self) -> NodeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        os.unlink(self.log_path)
-
-
 FAST_PARAMS = {"device": "cpu", "backend": "torch", "threads": 1}
 """Test settings: CPU, PyTorch (no ONNX export and backend race at start-up), one thread (faster on
 shared cores, and reproducible against a reference Segmenter built with the same settings)."""
@@ -189,96 +147,50 @@ shared cores, and reproducible against a reference Segmenter built with the same
 
 def node_args(checkpoint: str | os.PathLike, namespace: str = "", **params: Any) -> list[str]:
     """`--ros-args` for the segmentation node: checkpoint, FAST_PARAMS, namespace, extra `-p name:=value`."""
-    args = ["--ros-args", "-p", f"checkpoint:={checkpoint}"]
-    for name, value in FAST_PARAMS.items():
-        args += ["-p", f"{name}:={_ros_arg(value)}"]
-    if namespace:
-        args += ["-r", f"__ns:={namespace}"]
-    for name, value in params.items():
-        args += ["-p", f"{name}:={_ros_arg(value)}"]
-    return args
-
-
-def _ros_arg(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_ros_arg(v) for v in value) + "]"
-    return str(value)
+    return ros_arguments(namespace, params={"checkpoint": checkpoint, **FAST_PARAMS, **params})
 
 
 # -- nodes in this process -----------------------------------------------------------------------
-class _Spinner:
-    """An rclpy Context of its own with an executor thread, so nodes here never share global state."""
-
-    def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self._thread: threading.Thread | None = None
-
-    def spin(self, node: Any) -> None:
-        self.executor.add_node(node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # the context shuts down under us at close()
-            self.executor.spin()
-
-    def stop(self) -> None:
-        """Stop spinning (call before destroying the nodes)."""
-        self.executor.shutdown(timeout_sec=2.0)
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-
-    def shutdown(self) -> None:
-        self.stop()
-        rclpy.try_shutdown(context=self.context)
-
-
-class InProcessNode:
+class InProcessNode(contextlib.AbstractContextManager):
     """SegmentationNode with FAST_PARAMS updated by `parameters`, spun in a background thread."""
 
     def __init__(self, parameters: dict[str, Any], namespace: str = "", node_name: str = "msseg_node"):
         from msseg_ros.segmentation_node import SegmentationNode
 
-        self._spinner = _Spinner()
+        self._ros = PrivateContext()
         overrides = [Parameter(k, value=v) for k, v in {**FAST_PARAMS, **parameters}.items()]
         try:
-            self.node = SegmentationNode(node_name, context=self._spinner.context, namespace=namespace,
+            self.node = SegmentationNode(node_name, context=self._ros.context, namespace=namespace,
                                          parameter_overrides=overrides)
         except BaseException:
-            self._spinner.shutdown()
+            self._ros.close()
             raise
-        self._spinner.spin(self.node)
+        self._ros.add_node(self.node)
 
     @property
     def fqn(self) -> str:
         return self.node.get_fully_qualified_name()
 
     def close(self) -> None:
-        self._spinner.stop()
+        self._ros.stop()
         self.node.destroy_node()
-        self._spinner.shutdown()
-
-    def __enter__(self) -> InProcessNode:
-        return self
+        self._ros.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 # -- the client ----------------------------------------------------------------------------------
-class SegmentationClient:
+class SegmentationClient(contextlib.AbstractContextManager):
     """Publishes frames to a segmentation node and collects its outputs, keyed by input stamp."""
 
-    def __init__(self, namespace: str = "", *, outputs: Iterable[str] = OUTPUTS, image_topic: str | None = None,
-                 compressed: bool = False, reliability: str = "best_effort", name: str = "msseg_test_client"):
+    def __init__(self, namespace: str = "", *, outputs: Iterable[str] = topics.OUTPUTS,
+                 image_topic: str | None = None, compressed: bool = False, reliability: str = "best_effort",
+                 name: str = "msseg_test_client"):
         self.namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
-        self._spinner = _Spinner()
-        self.node = rclpy.create_node(name, context=self._spinner.context)
-        topic = image_topic or f"{self.namespace}/image"
+        self._ros = PrivateContext()
+        self.node = self._ros.create_node(name)
+        topic = image_topic or topics.in_namespace(self.namespace, topics.IMAGE)
         if compressed:
             topic += "/compressed"
         policy = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
@@ -291,10 +203,9 @@ class SegmentationClient:
         self.output_subs = {}
         for out in outputs:
             self.output_subs[out] = self.node.create_subscription(
-                Image, f"{self.namespace}/{out}", lambda msg, out=out: self._on_output(out, msg),
+                Image, topics.in_namespace(self.namespace, out), lambda msg, out=out: self._on_output(out, msg),
                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self._spinner.spin(self.node)
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
 
     def _on_output(self, name: str, msg: Image) -> None:
         with self._cond:
@@ -307,6 +218,11 @@ class SegmentationClient:
                 self._diag_seq += 1
                 self.diagnostics[status.name] = (self._diag_seq, status)
             self._cond.notify_all()
+
+    def count_received(self, predicate: Callable[[dict[str, Image]], bool]) -> int:
+        """How many frames' outputs received so far satisfy the predicate (output name -> message)."""
+        with self._cond:
+            return sum(1 for outputs in self.received.values() if predicate(outputs))
 
     def publish(self, msg: Image | CompressedImage) -> StampKey:
         self.image_pub.publish(msg)
@@ -341,30 +257,32 @@ class SegmentationClient:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"node in {self.namespace or '/'} did not answer within {timeout} s") from None
 
-    def _find_status(self, node_fqn: str, after: int = 0) -> DiagnosticStatus | None:
+    def _find_status(self, node_fqn: str, after: int = 0, camera: str | None = None) -> DiagnosticStatus | None:
         for name, (seq, status) in self.diagnostics.items():
-            if name.startswith(f"{node_fqn}:") and seq > after:
+            mine = name == f"{node_fqn}: {camera}" if camera is not None else name.startswith(f"{node_fqn}:")
+            if mine and seq > after:
                 return status
         return None
 
-    def status_message(self, node_fqn: str) -> DiagnosticStatus | None:
-        """Latest DiagnosticStatus of that node (None before the first)."""
+    def status_message(self, node_fqn: str, camera: str | None = None) -> DiagnosticStatus | None:
+        """Latest DiagnosticStatus of that node (of that camera's status, if given; None before the first)."""
         with self._cond:
-            return self._find_status(node_fqn)
+            return self._find_status(node_fqn, camera=camera)
 
     def wait_for_status(self, node_fqn: str, predicate: Callable[[dict[str, str]], bool] = lambda s: True,
-                        timeout: float = 20.0, fresh: bool = True) -> dict[str, str]:
-        """Key/values of a diagnostics status of that node satisfying the predicate (values are strings);
-        fresh: only one that arrives after this call (the node's counters are at least as new as now)."""
+                        timeout: float = 20.0, fresh: bool = True, camera: str | None = None) -> dict[str, str]:
+        """Key/values of a diagnostics status of that node (of `<node>: <camera>` if given) satisfying the
+        predicate (values are strings); fresh: only one that arrives after this call (the node's counters
+        are at least as new as now)."""
         def match() -> dict[str, str] | None:
-            status = self._find_status(node_fqn, after)
+            status = self._find_status(node_fqn, after, camera)
             values = None if status is None else {kv.key: kv.value for kv in status.values}
             return values if values is not None and predicate(values) else None
 
         with self._cond:
             after = self._diag_seq if fresh else 0
             values = self._cond.wait_for(match, timeout)
-            last = self._find_status(node_fqn)
+            last = self._find_status(node_fqn, camera=camera)
         assert values, f"no matching diagnostics from {node_fqn} within {timeout} s; last: {last}"
         return values
 
@@ -391,13 +309,51 @@ class SegmentationClient:
         response = self._call(GetParameters, f"{node_fqn}/get_parameters", GetParameters.Request(names=names), timeout)
         return {n: parameter_value_to_python(v) for n, v in zip(names, response.values, strict=True)}
 
-    def close(self) -> None:
-        self._spinner.stop()
-        self.node.destroy_node()
-        self._spinner.shutdown()
+    # -- lifecycle (lifecycle_msgs services of a managed node) ----------------------------------------
+    def change_state(self, node_fqn: str, transition: str, timeout: float = 60.0) -> bool:
+        """Request a transition by label (configure, activate, deactivate, cleanup, shutdown); its success."""
+        request = ChangeState.Request(transition=Transition(label=transition))
+        return bool(self._call(ChangeState, f"{node_fqn}/change_state", request, timeout).success)
 
-    def __enter__(self) -> SegmentationClient:
-        return self
+    def lifecycle_state(self, node_fqn: str, timeout: float = 10.0) -> str:
+        """The node's current state label (unconfigured, inactive, active, finalized)."""
+        return self._call(GetState, f"{node_fqn}/get_state", GetState.Request(), timeout).current_state.label
+
+    def available_transitions(self, node_fqn: str, timeout: float = 10.0) -> set[str]:
+        response = self._call(GetAvailableTransitions, f"{node_fqn}/get_available_transitions",
+                              GetAvailableTransitions.Request(), timeout)
+        return {t.transition.label for t in response.available_transitions}
+
+    def close(self) -> None:
+        self._ros.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DiagnosticsLog:
+    """Every DiagnosticStatus of one node, in arrival order (the client keeps only the latest)."""
+
+    def __init__(self, client: SegmentationClient, fqn: str):
+        self.statuses: list[DiagnosticStatus] = []
+        self._lock = threading.Lock()
+        client.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on, 50)
+        self.fqn = fqn
+
+    def _on(self, msg: DiagnosticArray) -> None:
+        with self._lock:
+            self.statuses += [s for s in msg.status if s.name.startswith(f"{self.fqn}:")]
+
+    def wait_for(self, predicate, start: int = 0, timeout: float = 10.0) -> DiagnosticStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = [s for s in self.statuses[start:] if predicate(s)]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no such status from {self.fqn} within {timeout} s; last: {self.statuses[-1:]}")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.statuses)

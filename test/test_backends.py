@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from msseg_core import inference
+from msseg_core import engines, inference
 from msseg_core.backends import TorchBackend, fold_batchnorm, ort_providers
 from msseg_core.checkpoint import load_checkpoint
 from msseg_core.inference import OUTPUTS, Segmenter
@@ -218,35 +218,38 @@ def test_threads_option_sets_the_intra_op_pool(ckpt):
         Segmenter.from_checkpoint(ckpt, device="cpu", backend="tensorflow")
 
 
-def test_auto_picks_onnxruntime_only_when_measurably_faster_and_caches_it(ckpt, segmenters, tmp_path, monkeypatch):
+def test_auto_picks_a_faster_engine_only_when_measurably_faster_and_caches_it(ckpt, segmenters, tmp_path,
+                                                                             monkeypatch):
+    """The timing rule (engines.choose) through the real Segmenter: every candidate is built and checked."""
     def fake_race(times):
         def race(nets, x, budget):
-            with torch.inference_mode():
-                outs = {k: net(x).float().clone() for k, net in nets.items()}
-            return {k: times.get(k, 10.0) for k in nets}, outs
+            return {k: times.get(k, 10.0) for k in nets}
         return race
 
     onnx_path = segmenters["onnxruntime"].onnx_path  # exported once for the module
+    others = {"openvino": 10.0}  # OpenVINO, where installed, is raced too: slow here
 
     def auto(cache):
         return Segmenter.from_checkpoint(ckpt, onnx_path=onnx_path, cache_dir=tmp_path / cache, **T1)
 
-    monkeypatch.setattr(inference, "_race", fake_race({"torch": 1.0, "onnxruntime": 0.5}))
+    monkeypatch.setattr(engines, "_race", fake_race({"torch": 1.0, "onnxruntime": 0.5, **others}))
     seg = auto("a")
     assert seg.backend == "onnxruntime"
-    assert seg.backend_timings == {"torch": 1000.0, "torch_nchw": 10000.0, "onnxruntime": 500.0}
-    monkeypatch.setattr(inference, "_race", fake_race({"torch": 1.0, "onnxruntime": 0.95}))
+    timings = seg.backend_timings
+    assert {k: timings[k] for k in ("torch", "torch_nchw", "onnxruntime")} == {"torch": 1000.0, "torch_nchw": 10000.0,
+                                                                               "onnxruntime": 500.0}
+    monkeypatch.setattr(engines, "_race", fake_race({"torch": 1.0, "onnxruntime": 0.95, **others}))
     seg = auto("b")
     assert seg.backend == "torch" and seg.describe()["channels_last"] is True
     # PyTorch's memory layout is raced too: NCHW wins here, and ONNX Runtime is not 10% faster than it.
-    monkeypatch.setattr(inference, "_race", fake_race({"torch": 1.0, "torch_nchw": 0.5, "onnxruntime": 0.46}))
+    monkeypatch.setattr(engines, "_race", fake_race({"torch": 1.0, "torch_nchw": 0.5, "onnxruntime": 0.46, **others}))
     seg = auto("c")
     assert seg.backend == "torch" and seg.describe()["channels_last"] is False
 
     def no_race(*args):
         raise AssertionError("the cached decision should have been used")
 
-    monkeypatch.setattr(inference, "_race", no_race)
+    monkeypatch.setattr(engines, "_race", no_race)
     assert auto("a").backend == "onnxruntime"
     # bf16 is PyTorch-only: auto does not even consider ONNX Runtime.
     assert Segmenter.from_checkpoint(ckpt, precision="bf16", **T1).backend == "torch"

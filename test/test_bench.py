@@ -78,18 +78,22 @@ def test_timing_helpers_and_argument_errors():
     calls = []
     stats = bench.time_calls(lambda: calls.append(1), warmup=2, iters=5, max_seconds=60)
     assert len(calls) == 2 + 5 and stats["iters"] == 5 and set(stats["latency_ms"]) == LATENCY_KEYS
-    assert bench._sizes("360x480, 720X960") == [(360, 480), (720, 960)]
+    assert bench.parse_sizes("360x480, 720X960") == [(360, 480), (720, 960)]
     for bad in ("360", "0x10", ""):
         with pytest.raises(SystemExit):
-            bench._sizes(bad)
+            bench.parse_sizes(bad)
     with pytest.raises(SystemExit, match="unknown models"):
         bench.main(["model", "--models", "resnet9000", "--iters", "1"])
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint, tmp_path):
-    pytest.importorskip("rclpy")
-    pytest.importorskip("msseg_ros.segmentation_node")
-    status = bench.main(["node", "--checkpoint", str(tiny_checkpoint), "--sizes", "48x64", "--frames", "3",
+    """`msseg-bench node` (msseg_ros.bench_node behind the msseg-bench console script): the documented
+    rows, consistent with one another. How fast anything ran is not asserted."""
+    from msseg_ros import bench_node
+
+    status = bench_node.main(["node", "--checkpoint", str(tiny_checkpoint), "--sizes", "48x64", "--frames", "3",
                          "--warmup", "1", "--threads", "1", "--timeout", "30", "--startup-timeout", "120",
                          "--phase-seconds", "1", "--rounds", "1", "--cache-dir", str(tmp_path / "cache"),
                          "--json", str(tmp_path / "node.json"), "--md", str(tmp_path / "node.md")])
@@ -103,7 +107,7 @@ def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint
     assert [(r["mode"], r["outputs"], r["bare_call"]) for r in rate] == [("rate", "labels", "predict"),
                                                                          ("rate", "all", "segment")], rate
     for r in rate:
-        assert r["node_frames"] > 0 and r["node_rate_hz"] > 0 and r["fed_rate_hz"] > r["node_rate_hz"] * 0.9, r
+        assert r["node_frames"] > 0 and r["node_rate_hz"] > 0 and r["fed_rate_hz"] > 0, r
         assert r["overhead_ratio"] == pytest.approx(1 - r["node_rate_hz"] / r["bare_rate_hz"], abs=2e-3), r
         # The rate is the frames answered within the counting windows (the last 90% of each phase).
         window_s = r["rounds"] * 0.9 * r["phase_seconds"]
@@ -117,8 +121,47 @@ def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint
     assert "| labels | 48x64 | predict |" in (tmp_path / "node.md").read_text()
 
 
-def test_node_bench_refuses_unknown_rate_outputs(capsys):
-    pytest.importorskip("rclpy")
+@pytest.mark.ros
+def test_msseg_bench_hands_node_to_msseg_ros_and_the_rest_to_msseg_core(capsys, tmp_path):
+    from msseg_ros import bench_node
+
     with pytest.raises(SystemExit) as info:
-        bench.main(["node", "--modes", "rate", "--rate-outputs", "labels,depth"])
+        bench_node.main(["node", "--modes", "rate", "--rate-outputs", "labels,depth"])
     assert info.value.code == 2 and "unknown" in capsys.readouterr().err
+    assert bench_node.main(["model", "--models", "mssanet", "--model-args", '{"width": 0.0625}', "--sizes", "32x48",
+                            "--precision", "fp32", "--modes", "naive", "--batch", "1", "--iters", "1", "--warmup",
+                            "0", "--threads", "1", "--json", str(tmp_path / "model.json")]) == 0
+    assert json.loads((tmp_path / "model.json").read_text())["kind"] == "model"
+    with pytest.raises(SystemExit):  # msseg_core's own command line has no `node`: it never imports ROS
+        bench.main(["node"])
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_node_bench_cameras_compares_one_node_with_n_nodes(tiny_checkpoint, tmp_path):
+    """`msseg-bench node --cameras 1,2`: for each N, one node with N cameras and N single-camera nodes
+    fed the same frames; the documented rows, consistent with one another. No speed is asserted."""
+    from msseg_ros import bench_node
+
+    status = bench_node.main(["node", "--checkpoint", str(tiny_checkpoint), "--cameras", "1,2", "--sizes", "48x64",
+                              "--phase-seconds", "1", "--rounds", "2", "--threads", "1", "--device", "cpu",
+                              "--backend", "torch", "--startup-timeout", "180", "--json", str(tmp_path / "c.json"),
+                              "--md", str(tmp_path / "c.md")])
+    report = json.loads((tmp_path / "c.json").read_text())
+    rows = report["results"]
+    assert status == 0 and report["kind"] == "node_cameras" and [r.get("cameras") for r in rows] == [1, 2], rows
+    for r in rows:
+        assert "error" not in r, r
+        one, separate = r["one_node"], r["separate_nodes"]
+        assert one["processes"] == 1 and separate["processes"] == r["cameras"]
+        for side in (one, separate):
+            assert side["rate_hz"] > 0 and side["frames"] > 0 and side["rss_mb"] > 0 and side["peak_rss_mb"] > 0
+            assert len(side["per_camera_hz"]) == r["cameras"]
+            assert sum(side["per_camera_hz"]) == pytest.approx(side["rate_hz"], abs=0.05 * r["cameras"])
+        assert r["rate_ratio"] == pytest.approx(one["rate_hz"] / separate["rate_hz"], rel=0.01)
+        assert r["rss_ratio"] == pytest.approx(one["rss_mb"] / separate["rss_mb"], rel=0.01)
+    table = [line for line in (tmp_path / "c.md").read_text().splitlines() if line.startswith("| 2 | 48x64 |")]
+    assert len(table) == 1
+    with pytest.raises(SystemExit, match="camera counts"):
+        bench_node.main(["node", "--cameras", "0", "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                         "--backend", "torch"])

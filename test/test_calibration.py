@@ -63,6 +63,7 @@ def test_segmenter_divides_logits_by_the_checkpoint_temperature(tiny_checkpoint)
     assert b["confidence"].mean() < a["confidence"].mean()  # softer
 
 
+@pytest.mark.slow
 def test_msseg_calibrate_writes_the_temperature_into_a_loadable_checkpoint(tmp_path, tiny_checkpoint, capsys):
     from msseg_core.data.fake import write_fake_camvid
 
@@ -83,3 +84,12 @@ def test_msseg_calibrate_writes_the_temperature_into_a_loadable_checkpoint(tmp_p
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True))
     assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--data-root", str(tmp_path), "--out",
                  str(out)]) == 2
+    # --half: the zoo's fp16 storage, same temperature, weights equal to fp16 precision
+    small = tmp_path / "half.safetensors"
+    assert main(["--checkpoint", str(out), "--data-root", str(tmp_path / "camvid"), "--split", "val",
+                 "--out", str(small), "--half", "--device", "cpu"]) == 0
+    assert stored_half(small) and small.stat().st_size < out.stat().st_size
+    assert load_meta(small).temperature == pytest.approx(meta.temperature, rel=0.05)
+    halved, _ = load_checkpoint(small)
+    for a, b in zip(halved.state_dict().values(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a.float(), b.half().float())

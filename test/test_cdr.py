@@ -10,6 +10,8 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from msseg_ros import cdr  # noqa: E402
 
+pytestmark = pytest.mark.ros
+
 
 def test_stamps_are_read_and_written_in_either_byte_order() -> None:
     msg = CameraInfo()

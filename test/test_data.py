@@ -14,7 +14,6 @@ from msseg_core.classes import CAMVID, CITYSCAPES, IGNORE_INDEX, KITTI_ROAD
 from msseg_core.data import (
     CamVidDataset,
     DatasetError,
-    EvalTransform,
     GpuResidentData,
     SegmentationDataset,
     TrainTransform,
@@ -331,16 +330,6 @@ def test_train_transform_flip_is_joint():
     img, mask = t(image, label)
     np.testing.assert_array_equal(mask.numpy(), label[:, ::-1])
     np.testing.assert_allclose(denormalise(img.unsqueeze(0))[0], image[:, ::-1], atol=1e-3)
-
-
-def test_eval_transform_keeps_mask_size():
-    image, label = coded_pair(40, 56)
-    img, mask = EvalTransform(size=(20, 28))(image, label)
-    assert img.shape == (3, 20, 28) and img.dtype == torch.float32
-    assert mask.shape == (40, 56) and mask.dtype == torch.int64
-    np.testing.assert_array_equal(mask.numpy(), label)
-    img, _ = EvalTransform()(image, label)
-    np.testing.assert_allclose(denormalise(img.unsqueeze(0))[0], image, atol=1e-3)
 
 
 def test_dataset_with_transform(tmp_path):

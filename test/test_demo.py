@@ -18,8 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_model import write_tiny_checkpoint  # noqa: E402
 
+from msseg_ros import topics  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
-OUTPUT_TOPICS = [f"/msseg/{o}" for o in ("labels", "color_mask", "overlay", "confidence", "road_mask")]
+OUTPUT_TOPICS = [topics.in_namespace(topics.NAMESPACE, o) for o in topics.OUTPUTS]
 
 
 def run_demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -114,7 +117,10 @@ def test_demo_replays_its_own_bag(demo_run, checkpoint, tmp_path):
                       "--rate", "10", "--device", "cpu", "--out", str(tmp_path / "replay"), "--montage-frames", "2")
     assert replay.returncode == 0, f"stdout:\n{replay.stdout}\nstderr:\n{replay.stderr}"
     assert "recording" in replay.stdout and "/camera/image_raw" in replay.stdout
-    assert int(re.search(r"frames processed\s+(\d+)", replay.stdout).group(1)) == 3
+    # The recording has a few frames at 10 Hz: a node slowed down by a busy machine answers only the
+    # newest (the rest are dropped and counted), so fewer than --frames may come back before it ends.
+    processed, published = map(int, re.search(r"frames processed\s+(\d+) of (\d+)", replay.stdout).groups())
+    assert 1 <= processed <= min(3, published)
     assert re.search(r"mIoU\s+\d\.\d+", replay.stdout)
     assert (tmp_path / "replay" / "montage.png").is_file()
 
@@ -142,3 +148,17 @@ def test_demo_rejects_a_missing_checkpoint(tmp_path):
     proc = run_demo("--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "out"), timeout=60)
     assert proc.returncode == 1
     assert "checkpoint not found" in proc.stderr
+
+
+@pytest.mark.parametrize("source", ["synthetic:0", "/" + "x" * 120,
+                                    "/data/drives/2026-11-30/a/very/long/folder/path/of/camera_front/images"])
+def test_montage_title_source_fits(source: str) -> None:
+    """`make demo INPUT=<long path>`: the montage title shows the path's end, short enough to fit."""
+    from msseg_ros.demo import shorten_source
+
+    short = shorten_source(source)
+    assert len(short) <= 48
+    if len(source) <= 48:
+        assert short == source
+    else:
+        assert short.startswith(".../") and source.endswith(short[4:])

@@ -45,6 +45,9 @@ def worker(rank: int, world: int, ports: list[int], tmp: str) -> None:
         save_file(state, str(Path(tmp) / f"{pipeline}_rank{rank}.safetensors"))
 
 
+pytestmark = pytest.mark.slow  # real DDP runs (two processes)
+
+
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     from msseg_core.data.fake import write_fake_camvid

@@ -58,7 +58,7 @@ def test_onnx_export_matches_pytorch_and_carries_the_metadata(tiny_checkpoint, t
 def test_bare_onnx_file_runs_in_segmenter_with_its_own_metadata(tiny_checkpoint, tmp_path):
     model, meta = load_checkpoint(tiny_checkpoint)
     path = export_onnx(model, meta, tmp_path / "bare.onnx", (40, 56), exporter="legacy")
-    seg = Segmenter.from_checkpoint(path, **T1)  # no checkpoint anywhere
+    seg = Segmenter.from_checkpoint(path, backend="onnxruntime", **T1)  # no checkpoint anywhere
     assert seg.backend == "onnxruntime" and seg.model is None and seg.input_size == (40, 56)
     assert seg.class_names == meta.class_names and seg.road_classes == meta.road_classes
     np.testing.assert_array_equal(seg.palette, np.asarray(meta.palette, np.uint8))
@@ -89,6 +89,7 @@ def test_static_batch_onnx_serves_batches_frame_by_frame(tiny_checkpoint, tmp_pa
         np.testing.assert_array_equal(batch, single)
 
 
+@pytest.mark.slow
 def test_dynamic_and_fp16_onnx_exports_pass_their_checks(tiny_checkpoint, micro_checkpoint, tmp_path):
     dyn = tmp_path / "dyn.onnx"  # the default (torch.export-based) exporter: batch, height, width dynamic
     assert main(["--checkpoint", str(micro_checkpoint), "--out", str(dyn), "--dynamic"]) == 0

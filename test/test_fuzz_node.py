@@ -33,8 +33,10 @@ from helpers_ros import (
     FAST_PARAMS,
     InProcessNode,
     SegmentationClient,
+    frame_counters,
     image_array,
     make_header,
+    namespace,
     random_rgb,
     rgb_image,
     stamp_key,
@@ -46,7 +48,9 @@ from sensor_msgs.msg import CompressedImage, Image
 import msseg_ros.image_codec as codec
 from msseg_core.inference import Segmenter
 from msseg_ros.image_codec import DECODABLE_ENCODINGS, ImageDecodeError, decode, encode_compressed
+from msseg_ros.pipeline import COUNTERS, all_accounted
 
+pytestmark = pytest.mark.ros
 # Bytes per pixel of each supported encoding, written out here (not imported) so the test is an oracle.
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 2, "bayer_rggb8": 1,
                    "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1, "yuv422": 2, "yuv422_yuy2": 2}
@@ -309,7 +313,6 @@ def test_decode_fuzzed_serialized_frames(case: tuple[bytes, Image | CompressedIm
 
 
 # -- 2. the node -------------------------------------------------------------------------------------
-COUNTERS = ("received", "processed", "dropped", "invalid", "errors", "skipped")
 BATCHES = {"raw": 80, "compressed": 60}
 BATCH_SIZE = 25
 REPLAY, REPLAY_ROUNDS = 250, 4
@@ -320,35 +323,23 @@ def reference(tiny_checkpoint) -> Segmenter:  # noqa: F811
     return Segmenter.from_checkpoint(tiny_checkpoint, **FAST_PARAMS)
 
 
-def counters(node) -> dict[str, int]:
-    with node._counters_lock:
-        return {k: getattr(node.counters, k) for k in COUNTERS}
-
-
-def settled(c: dict[str, int]) -> bool:
-    return c["received"] == sum(c[k] for k in COUNTERS[1:])
 
 
 def wait_settled(node, received: int, timeout: float = 15.0) -> dict[str, int]:
     """Counters once the node has received `received` frames in all and finished with every one."""
     deadline = time.monotonic() + timeout
     while True:
-        c = counters(node)
-        if c["received"] == received and settled(c):
+        c = frame_counters(node)
+        if c["received"] == received and all_accounted(c):
             return c
         assert c["received"] <= received, f"more frames received than published: {c}"
         assert time.monotonic() < deadline, f"frame {received} not received and finished in {timeout} s: {c}"
         time.sleep(0.001)
 
 
-def worker_alive(node) -> bool:
-    """Both threads: the worker that segments and the publisher that sends the outputs."""
-    return all(t is not None and t.is_alive() for t in (node._worker, node._publisher))
-
-
 @pytest.mark.parametrize("transport", ["raw", "compressed"])
 def test_node_survives_fuzzed_frames(tiny_checkpoint, reference: Segmenter, transport: str) -> None:  # noqa: F811
-    ns = f"/fuzz_{transport}"
+    ns = namespace(f"fuzz_{transport}")
     compressed = transport == "compressed"
     params = {"checkpoint": str(tiny_checkpoint), "input_transport": transport, "max_input_pixels": NODE_MAX_PIXELS}
     valid_rgb = random_rgb(24, 32, seed=5)
@@ -361,14 +352,14 @@ def test_node_survives_fuzzed_frames(tiny_checkpoint, reference: Segmenter, tran
             SegmentationClient(ns, outputs=("labels",), compressed=compressed, reliability="reliable") as client:
         seg = node.node
         client.wait_until_served(valid_frame)
-        base = wait_settled(seg, counters(seg)["received"])
+        base = wait_settled(seg, frame_counters(seg)["received"])
         process = psutil.Process()
         threads_before = threading.active_count()
         tally = {"published": 0, "invalid": 0, "processed": 0}  # generated messages, replays counted once
         rss: list[int] = []
 
         def publish_and_check(msg: Image | CompressedImage, expect_invalid: bool) -> None:
-            before = counters(seg)
+            before = frame_counters(seg)
             client.publish(msg)
             after = wait_settled(seg, before["received"] + 1)
             delta = {k: after[k] - before[k] for k in COUNTERS}
@@ -383,7 +374,7 @@ def test_node_survives_fuzzed_frames(tiny_checkpoint, reference: Segmenter, tran
             labels = image_array(client.wait_for(stamp_key(sent.header), timeout=10)["labels"])
             np.testing.assert_array_equal(labels, expected_labels)
             client.received.clear()  # keep the client's memory flat too
-            assert worker_alive(seg)
+            assert seg.threads_alive()
             rss.append(process.memory_info().rss)
 
         strategy = compressed_images().map(lambda case: case[0]) if compressed else raw_images()
@@ -414,13 +405,13 @@ def test_node_survives_fuzzed_frames(tiny_checkpoint, reference: Segmenter, tran
             check_valid_frame()
         assert rss[-1] - rss[0] < 8 * 2**20, f"RSS grew while replaying: {[r // 2**20 for r in rss]} MiB"
 
-        final = wait_settled(seg, counters(seg)["received"])
+        final = wait_settled(seg, frame_counters(seg)["received"])
         delta = {k: final[k] - base[k] for k in COUNTERS}
         assert delta["received"] == tally["published"]
         assert tally["published"] >= (BATCHES[transport] + REPLAY_ROUNDS) * BATCH_SIZE
         assert delta["invalid"] > 0 and delta["errors"] == delta["skipped"] == delta["dropped"] == 0
-        assert settled(final)
-        assert worker_alive(seg) and threading.active_count() <= threads_before
+        assert all_accounted(final)
+        assert seg.threads_alive() and threading.active_count() <= threads_before
         # /diagnostics reports the same counters (the rejected frames included).
         status = client.wait_for_status(seg.get_fully_qualified_name(), timeout=10)
         assert {k: int(status[k]) for k in COUNTERS} == final

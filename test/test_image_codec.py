@@ -25,6 +25,8 @@ from msseg_ros.image_codec import (
     encode_image,
 )
 
+pytestmark = pytest.mark.ros
+
 SIZES = [(1, 1), (2, 3), (5, 7), (16, 16), (31, 17)]
 PADDINGS = [0, 1, 3, 64]
 

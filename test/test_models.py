@@ -258,6 +258,7 @@ def vgg16_state() -> dict[str, torch.Tensor]:
     return {k: torch.randn(v.shape) for k, v in vgg.state_dict().items() if k.startswith("features.")}
 
 
+@pytest.mark.slow
 def test_load_vgg16_encoder_round_trip(tmp_path, vgg16_state):
     """A torchvision VGG16 state dict, as .pth (torch.load, weights_only) and .safetensors, lands in the
     encoders of fcn (width 1: torchvision's own layout and names) and mssanet (its 13 convs)."""

@@ -14,11 +14,11 @@ import torch
 from helpers_ros import (
     FAST_PARAMS,
     InProcessNode,
-    NodeProcess,
     SegmentationClient,
     image_array,
     image_in_encoding,
     make_header,
+    namespace,
     node_args,
     random_rgb,
     rgb_image,
@@ -30,13 +30,15 @@ from sensor_msgs.msg import Image
 from msseg_core.classes import CAMVID
 from msseg_core.inference import OUTPUTS, Segmenter
 from msseg_core.road import refine_road_mask
+from msseg_ros.graph import NodeProcess
 from msseg_ros.image_codec import DECODABLE_ENCODINGS, decode, decode_image, encode_compressed
+from msseg_ros.pipeline import COUNTERS, all_accounted
 from msseg_ros.road_grid import ROAD_GRID_DEFAULTS
 from msseg_ros.segmentation_node import OUTPUT_ENCODINGS, ConfigError
 
-NS = "/seg_test"
+pytestmark = pytest.mark.ros
+NS = namespace("seg_test")
 FQN = f"{NS}/msseg_node"
-COUNTERS = ("received", "processed", "dropped", "invalid", "errors", "skipped")
 
 
 @contextlib.contextmanager
@@ -52,7 +54,7 @@ def single_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def node(tiny_checkpoint) -> Iterator[NodeProcess]:  # noqa: F811
-    with NodeProcess(node_args(tiny_checkpoint, NS)) as proc:
+    with NodeProcess("segmentation_node", node_args(tiny_checkpoint, NS)) as proc:
         proc.wait_for_output("subscribed to", timeout=90)
         yield proc
         assert proc.alive, f"the node died:\n{proc.output()}"
@@ -76,8 +78,7 @@ def counters(status: dict[str, str]) -> dict[str, int]:
 
 def settled(status: dict[str, str]) -> bool:
     """Every received frame is accounted for (nothing pending in the worker)."""
-    c = counters(status)
-    return c["received"] == sum(c[k] for k in COUNTERS[1:])
+    return all_accounted(counters(status))
 
 
 def expected_road_mask(labels: np.ndarray, class_ids: list[int]) -> np.ndarray:
@@ -190,8 +191,11 @@ def test_diagnostics(client: SegmentationClient) -> None:
         assert key in values, key
     assert int(values["processed"]) > 0 and float(values["latency p99 ms"]) >= float(values["latency mean ms"]) > 0
     assert values["device"] == "cpu" and values["model"] == "mssanet"
+    assert values["camera"] == "segmentation" and values["input topic"] == f"{NS}/image"
+    assert values["backend"] == "torch" and values["precision"] == "fp32"
     status = client.status_message(FQN)
-    assert status.name == f"{FQN}: segmentation" and status.hardware_id == "cpu"
+    # <node>: <camera> (the one camera of a node without `cameras`: segmentation); hardware_id names both.
+    assert status.name == f"{FQN}: segmentation" and status.hardware_id == f"{FQN}:{NS}/image"
 
 
 INVALID = [
@@ -213,7 +217,7 @@ INVALID = [
 @pytest.mark.parametrize(("params", "expected"), INVALID)
 def test_invalid_parameter_is_a_clear_config_error(tiny_checkpoint, params: dict, expected: str) -> None:  # noqa: F811
     with pytest.raises(ConfigError) as info:
-        InProcessNode({"checkpoint": str(tiny_checkpoint), **params}, "/seg_invalid").close()
+        InProcessNode({"checkpoint": str(tiny_checkpoint), **params}, namespace("seg_invalid")).close()
     message = str(info.value)
     assert expected in message and "\n" not in message, message
 
@@ -222,7 +226,7 @@ def test_invalid_parameters_stop_the_node_process(tiny_checkpoint) -> None:  # n
     """The command line path: non-zero exit, exactly one error line naming the problem, no traceback.
     (Both started at once: each costs an interpreter start.)"""
     cases = [(["-p", "device:=tpu"], "parameter device"), (["-p", "overlay_alpha:=2.0"], "parameter overlay_alpha")]
-    procs = [NodeProcess(node_args(tiny_checkpoint) + args) for args, _ in cases]
+    procs = [NodeProcess("segmentation_node", node_args(tiny_checkpoint) + args) for args, _ in cases]
     try:
         for proc, (args, expected) in zip(procs, cases, strict=True):
             rc = proc.wait(timeout=90)
@@ -232,12 +236,12 @@ def test_invalid_parameters_stop_the_node_process(tiny_checkpoint) -> None:  # n
             assert len(errors) == 1 and expected in errors[0] and "Traceback" not in out, (args, out)
     finally:
         for proc in procs:
-            proc.__exit__()
+            proc.close()
 
 
 # -- in-process node -----------------------------------------------------------------------------
 def test_compressed_input_and_oversized_frames(tiny_checkpoint, reference: Segmenter) -> None:  # noqa: F811
-    ns = "/seg_compressed"
+    ns = namespace("seg_compressed")
     params = {"checkpoint": str(tiny_checkpoint), "input_transport": "compressed",
               "max_input_pixels": 5000}
     with InProcessNode(params, ns) as node, SegmentationClient(ns, compressed=True) as c:
@@ -253,20 +257,24 @@ def test_compressed_input_and_oversized_frames(tiny_checkpoint, reference: Segme
             with single_thread():
                 np.testing.assert_array_equal(labels, reference.predict(decode(sent)))
         invalid = node.node.counters.invalid
+
+        def wait_invalid(count: int) -> None:
+            deadline = time.monotonic() + 10
+            while node.node.counters.invalid < count and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert node.node.counters.invalid == count
+
         c.publish(encode_compressed(random_rgb(80, 80), make_header(), "jpeg"))  # 6400 > 5000 pixels
+        wait_invalid(invalid + 1)  # taken and refused: the next frame cannot replace it in the mailbox
         corrupt = encode_compressed(random_rgb(8, 8), make_header(), "jpeg")
         corrupt.data = corrupt.data[:20]
-        time.sleep(0.3)
         c.publish(corrupt)
-        deadline = time.monotonic() + 10
-        while node.node.counters.invalid < invalid + 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert node.node.counters.invalid == invalid + 2
+        wait_invalid(invalid + 2)
         c.request(encode_compressed(random_rgb(8, 8), make_header(), "png"))  # still answering
 
 
 def test_outputs_without_subscribers_are_not_computed(tiny_checkpoint) -> None:  # noqa: F811
-    ns = "/seg_lazy"
+    ns = namespace("seg_lazy")
     with InProcessNode({"checkpoint": str(tiny_checkpoint)}, ns) as node:
         counters_ = node.node.counters
         with SegmentationClient(ns, outputs=(), name="no_outputs") as c:  # nobody listens
@@ -289,7 +297,7 @@ def test_pipelined_and_single_thread_nodes_answer_alike(tiny_checkpoint, referen
                                                         pipelined: bool) -> None:
     """`pipelined` (default) publishes from its own thread while the worker segments the next frame;
     either way every frame is answered correctly and a burst is fully accounted for."""
-    ns = f"/seg_pipelined_{str(pipelined).lower()}"
+    ns = namespace(f"seg_pipelined_{str(pipelined).lower()}")
     with InProcessNode({"checkpoint": str(tiny_checkpoint), "pipelined": pipelined}, ns) as node:
         seg_node, publishing_threads = node.node, set()
         publish = seg_node.publish_frame
@@ -331,7 +339,7 @@ def test_bad_frames_and_failures_are_counted_and_survived(tiny_checkpoint, refer
     """Malformed frames (step too small, truncated data, unknown encoding, 0x0, oversized) count as
     invalid; an exception in inference (e.g. CUDA out of memory) loses that frame only. The node
     answers the next good frame every time."""
-    ns = "/seg_bad"
+    ns = namespace("seg_bad")
     with InProcessNode({"checkpoint": str(tiny_checkpoint), "max_input_pixels": 5000}, ns) as node, \
             SegmentationClient(ns) as c:
         c.wait_until_served()

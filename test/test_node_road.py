@@ -1,38 +1,44 @@
 """The node's road outputs for planners: the refined `road_mask` and the `road_grid` OccupancyGrid,
-over real DDS with an in-process node. Geometry itself is tested in test_geometry.py; here: the wiring
-(stamps, frame, camera model from CameraInfo, run-time parameters)."""
+over real DDS with an in-process node. Geometry itself is tested in test_camera.py and test_geometry.py;
+here: the wiring (stamps, frame, camera model from CameraInfo, run-time parameters, refused cameras)."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
+import pytest
 from helpers_ros import (
+    DiagnosticsLog,
     InProcessNode,
     SegmentationClient,
     image_array,
     make_header,
+    namespace,
     random_rgb,
     rgb_image,
 )
 from nav_msgs.msg import OccupancyGrid
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import Log
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 
+from msseg_core.camera import PinholeCamera
 from msseg_core.classes import CAMVID
 from msseg_core.road import ego_region, refine_road_mask
 from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
 
+pytestmark = pytest.mark.ros
 H, W = 48, 64
+GRID_PARAMS = {"camera_height": 1.6, "camera_pitch": 0.2,
+               "road_classes": list(CAMVID.names)}  # every pixel is road: the grid is free wherever it sees ground
 
 
-def camera_info(header) -> CameraInfo:
-    info = CameraInfo(header=header, width=W, height=H, distortion_model="plumb_bob")
-    info.k = [40.0, 0.0, W / 2, 0.0, 40.0, H / 2, 0.0, 0.0, 1.0]
-    info.p = [40.0, 0.0, W / 2, 0.0, 0.0, 40.0, H / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
-    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    info.d = [0.0] * 5
-    return info
+def camera_info(header, distortion_model: str = "plumb_bob", d: list[float] | None = None) -> CameraInfo:
+    k = [40.0, 0.0, W / 2, 0.0, 40.0, H / 2, 0.0, 0.0, 1.0]
+    fields = PinholeCamera(W, H, k).camera_info_fields() | {"distortion_model": distortion_model, "d": d or [0.0] * 5}
+    return CameraInfo(header=header, **fields)
 
 
 class GridListener:
@@ -55,28 +61,31 @@ class GridListener:
             return self.grids[key]
 
 
+def send_camera_info(publisher, node: InProcessNode, info: CameraInfo, taken, timeout: float = 10.0) -> None:
+    """Publish `info` until the node has taken it (`taken(builder)`): it must reach the node before the
+    frame that needs it."""
+    deadline = time.monotonic() + timeout
+    while not taken(node.node.road_grid):
+        assert time.monotonic() < deadline, f"the node did not take the CameraInfo: {node.node.road_grid.camera_error}"
+        publisher.publish(info)
+        time.sleep(0.1)
+
+
 def test_road_grid_follows_camera_info_and_road_mask(tiny_checkpoint) -> None:  # noqa: F811
-    ns = "/seg_grid"
-    params = {"checkpoint": str(tiny_checkpoint), "camera_height": 1.6, "camera_pitch": 0.2,
-              "road_classes": list(CAMVID.names)}  # every pixel is road: the grid is free wherever it sees ground
+    ns = namespace("seg_grid")
+    params = {"checkpoint": str(tiny_checkpoint), **GRID_PARAMS}
     with InProcessNode(params, ns) as node, SegmentationClient(ns, outputs=("labels", "road_mask")) as c:
         grids = GridListener(c, f"{ns}/road_grid")
         info_pub = c.node.create_publisher(CameraInfo, f"{ns}/camera_info", 10)
         c.wait_until_served(lambda: rgb_image(random_rgb(H, W)))
-        header = make_header("camera_optical_frame")
-        for _ in range(50):  # CameraInfo reaches the node before the frame that needs it
-            info_pub.publish(camera_info(header))
-            if node.node.road_grid.ready:
-                break
-            threading.Event().wait(0.1)
-        assert node.node.road_grid.ready
+        send_camera_info(info_pub, node, camera_info(make_header("camera_optical_frame")), lambda b: b.ready)
         frame = rgb_image(random_rgb(H, W, seed=3), make_header("camera_optical_frame"))
         key = c.publish(frame)
         outputs = c.wait_for(key)
         grid = grids.wait((frame.header.stamp.sec, frame.header.stamp.nanosec))
 
         assert grid.header.stamp == frame.header.stamp
-        assert grid.header.frame_id == ROAD_GRID_DEFAULTS["grid_frame"] == "base_link"
+        assert grid.header.frame_id == ROAD_GRID_DEFAULTS["grid_frame"] == "base_footprint"  # REP-105
         res = ROAD_GRID_DEFAULTS["grid_resolution"]
         assert abs(grid.info.resolution - res) < 1e-6
         assert grid.info.width * grid.info.height == len(grid.data)
@@ -93,8 +102,41 @@ def test_road_grid_follows_camera_info_and_road_mask(tiny_checkpoint) -> None:  
         np.testing.assert_array_equal(np.asarray(offline.data, dtype=np.int8), cells)
 
 
+def test_unknown_distortion_model_is_a_warning_and_no_grid(tiny_checkpoint) -> None:  # noqa: F811
+    """A CameraInfo whose distortion model the camera model does not know: no road_grid at all (not a
+    silently wrong one), a WARN on /rosout naming the model, the frames counted in no_road_grid and
+    reported by /diagnostics; the other outputs go on. A usable CameraInfo brings the grid back."""
+    ns = namespace("seg_grid_unknown")
+    params = {"checkpoint": str(tiny_checkpoint), **GRID_PARAMS}
+    with InProcessNode(params, ns) as node, SegmentationClient(ns, outputs=("labels", "road_mask")) as c:
+        grids = GridListener(c, f"{ns}/road_grid")
+        diagnostics = DiagnosticsLog(c, node.fqn)
+        warnings: list[str] = []
+        c.node.create_subscription(  # /rosout keeps its history for late subscribers (transient local)
+            Log, "/rosout", lambda m: warnings.append(m.msg) if m.level == Log.WARN else None,
+            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        info_pub = c.node.create_publisher(CameraInfo, f"{ns}/camera_info", 10)
+        c.wait_until_served(lambda: rgb_image(random_rgb(H, W)))
+        unknown = camera_info(make_header("camera_optical_frame"), "kannala_brandt", [0.1, 0.01, 0.0, 0.0])
+        send_camera_info(info_pub, node, unknown, lambda b: "kannala_brandt" in (b.camera_error or ""))
+        refused = c.publish(rgb_image(random_rgb(H, W, seed=4), make_header("camera_optical_frame")))
+        c.wait_for(refused)  # the frame was segmented and its outputs published
+        status = diagnostics.wait_for(lambda s: "'kannala_brandt' is not supported" in s.message)
+        assert status.level == status.WARN and int({kv.key: kv.value for kv in status.values}["no_road_grid"]) >= 1
+
+        send_camera_info(info_pub, node, camera_info(make_header("camera_optical_frame")), lambda b: b.ready)
+        accepted = c.publish(rgb_image(random_rgb(H, W, seed=5), make_header("camera_optical_frame")))
+        grids.wait(accepted)
+        # One publisher, reliable, in order: had the refused frame had a grid, it would have come first.
+        assert refused not in grids.grids
+        deadline = time.monotonic() + 10
+        while not any("kannala_brandt" in w for w in warnings) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("no road_grid" in w and "'kannala_brandt' is not supported" in w for w in warnings), warnings
+
+
 def test_road_mask_refinement_parameters_at_run_time(tiny_checkpoint) -> None:  # noqa: F811
-    ns = "/seg_roadmask"
+    ns = namespace("seg_roadmask")
     road_ids = [CAMVID.names.index(n) for n in ("Road", "Sky", "Building", "Tree")]
     params = {"checkpoint": str(tiny_checkpoint), "road_classes": ["Road", "Sky", "Building", "Tree"]}
     with InProcessNode(params, ns) as node, SegmentationClient(ns, outputs=("labels", "road_mask")) as c:
@@ -123,3 +165,5 @@ def test_road_mask_refinement_parameters_at_run_time(tiny_checkpoint) -> None:  
             result = c.set_parameters(node.fqn, bad)[0]
             assert not result.successful and result.reason, bad
         assert node.node.road_grid.params.road_ego_only and node.node.road_grid.params.road_cleanup_kernel == 0
+        assert all(r.successful for r in c.set_parameters(node.fqn, {"camera_rectified": True}))
+        assert node.node.road_grid.params.camera_rectified

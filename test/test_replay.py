@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from msseg_ros import bag
+from msseg_ros.bag.cli import parse_args
+from msseg_ros.bag.evaluate import evaluate_bag
+from msseg_ros.bag.make import make_bag
+from msseg_ros.bag.replay import replay_eval
 from msseg_ros.evaluator_node import StampMatcher
+from msseg_ros.graph import NodeProcess
+
+pytestmark = pytest.mark.ros
 
 REPO = Path(__file__).resolve().parent.parent
 N_FRAMES = 4
@@ -33,10 +37,10 @@ def replay_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     tmp = tmp_path_factory.mktemp("replay")
     root = write_fake_camvid(tmp / "camvid", "test", n=N_FRAMES, size=(48, 64), seed=5)
     out = tmp / "bag"
-    bag.make_bag(build_dataset("camvid", root, "test"), out, rate=2.0)
+    make_bag(build_dataset("camvid", root, "test"), out, rate=2.0)
     ckpt = write_tiny_checkpoint(tmp / "tiny.safetensors", input_size=(32, 48))
     segmenter = Segmenter.from_checkpoint(ckpt, device="cpu", backend="torch", threads=1)
-    return out, ckpt, bag.evaluate_bag(out, segmenter)
+    return out, ckpt, evaluate_bag(out, segmenter)
 
 
 @pytest.fixture
@@ -47,7 +51,7 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_lockstep_replay_through_the_node_matches_offline(replay_setup, one_thread) -> None:
     out, ckpt, offline = replay_setup
-    report = bag.replay_eval(str(out), checkpoint=str(ckpt), device="cpu", lockstep=True, node_params=NODE_PARAMS,
+    report = replay_eval(str(out), checkpoint=str(ckpt), device="cpu", lockstep=True, node_params=NODE_PARAMS,
                              log=lambda m: None)
     assert report["player"]["frames"] == N_FRAMES and report["player"]["frames_lost"] == 0
     assert report["frames_lost"] == 0 and report["frames_matched"] == N_FRAMES
@@ -75,7 +79,7 @@ def test_lockstep_replay_waits_for_a_slow_evaluator(replay_setup, one_thread, mo
         real(self, msg)
 
     monkeypatch.setattr(EvaluatorNode, "labels_callback", slow)
-    report = bag.replay_eval(str(out), checkpoint=str(ckpt), device="cpu", lockstep=True, node_params=NODE_PARAMS,
+    report = replay_eval(str(out), checkpoint=str(ckpt), device="cpu", lockstep=True, node_params=NODE_PARAMS,
                              log=lambda m: None)
     assert report["player"]["frames_answered"] == N_FRAMES
     assert report["frames_lost"] == 0 and report["frames_matched"] == N_FRAMES
@@ -101,7 +105,7 @@ def test_launch_file_parses_without_launch() -> None:
     with pytest.raises(ValueError, match="bag"):
         launch.commands({}, "/share")
     # The player's arguments are ones msseg-bag accepts.
-    args = bag._parse_args(cmds["player"][1:])
+    args = parse_args(cmds["player"][1:])
     assert args.lockstep and args.restamp and args.labels_topic == "/msseg/labels"
 
 
@@ -155,25 +159,16 @@ def test_launch_wiring_as_three_processes(replay_setup, one_thread, tmp_path: Pa
     cmds = load_launch_module().commands({"bag": str(out), "checkpoint": str(ckpt), "device": "cpu",
                                           "report_path": str(report_path)}, str(REPO))
     cmds["node"] += [a for k, v in NODE_PARAMS.items() for a in ("-p", f"{k}:={v}")]
-    exe = Path(sys.executable).parent
-    procs = {}
-    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in cmds}  # noqa: SIM115
+    procs: dict[str, NodeProcess] = {}
     try:
         for name in ("node", "evaluator", "player"):
-            cmd = [str(exe / cmds[name][0]), *cmds[name][1:]]
-            procs[name] = subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT, cwd=tmp_path,
-                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        assert procs["player"].wait(timeout=180) == 0, (tmp_path / "player.log").read_text()
+            procs[name] = NodeProcess(cmds[name][0], cmds[name][1:], cwd=tmp_path, log_path=tmp_path / f"{name}.log")
+        assert procs["player"].wait(timeout=180) == 0, procs["player"].output()
         for name in ("evaluator", "node"):
-            procs[name].send_signal(signal.SIGINT)
-            assert procs[name].wait(timeout=30) == 0, (tmp_path / f"{name}.log").read_text()
+            assert procs[name].stop(timeout=30) == 0, procs[name].output()
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs.values():
-            f.close()
+        for proc in procs.values():
+            proc.close()
     played = json.loads((tmp_path / "player.log").read_text()[(tmp_path / "player.log").read_text().index("{"):])
     assert played["frames"] == N_FRAMES and played["frames_lost"] == 0
     report = json.loads(report_path.read_text())
@@ -213,22 +208,33 @@ def test_evaluator_subscribes_ground_truth_only_once_labels_can_arrive() -> None
     evaluator have matched (a launch-file race seen once on a loaded CI machine)."""
     import time
 
+    from helpers_ros import namespace
     from sensor_msgs.msg import Image
 
     from msseg_ros.evaluator_node import EvaluatorNode
+    from msseg_ros.graph import PrivateContext, ros_arguments
 
-    ns = f"/eval_wait_{os.getpid()}"
-    ros = bag._Ros("eval_wait_probe")
-    try:
-        evaluator = EvaluatorNode(context=ros.context, cli_args=[
-            "--ros-args", "-r", f"labels:={ns}/labels", "-r", f"ground_truth/labels:={ns}/gt"])
+    ns = namespace("eval_wait")
+    checks = threading.Semaphore(0)
+
+    class CountingEvaluator(EvaluatorNode):
+        def gt_subscribe_callback(self) -> None:
+            super().gt_subscribe_callback()
+            checks.release()
+
+    with PrivateContext("eval_wait_probe") as ros:
+        evaluator = CountingEvaluator(context=ros.context, cli_args=ros_arguments(
+            remaps=[("labels", f"{ns}/labels"), ("ground_truth/labels", f"{ns}/gt")]))
         ros.add_node(evaluator)
-        time.sleep(1.0)  # timers have run many times: still no labels publisher, so no ground truth
-        assert evaluator.gt_sub is None and ros.node.count_subscribers(f"{ns}/gt") == 0
-        ros.node.create_publisher(Image, f"{ns}/labels", 10)
-        deadline = time.monotonic() + 20
-        while ros.node.count_subscribers(f"{ns}/gt") == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ros.node.count_subscribers(f"{ns}/gt") == 1 and evaluator.gt_sub is not None
-    finally:
-        ros.close()
+        try:
+            for _ in range(5):  # it has looked for a labels publisher five times: none, so no ground truth
+                assert checks.acquire(timeout=20)
+            assert evaluator.gt_sub is None and ros.node.count_subscribers(f"{ns}/gt") == 0
+            ros.node.create_publisher(Image, f"{ns}/labels", 10)
+            deadline = time.monotonic() + 20
+            while ros.node.count_subscribers(f"{ns}/gt") == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ros.node.count_subscribers(f"{ns}/gt") == 1 and evaluator.gt_sub is not None
+        finally:
+            ros.remove_node(evaluator)
+            evaluator.destroy_node()

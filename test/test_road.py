@@ -1,4 +1,4 @@
-"""Road-mask clean-up, ego component, probability threshold, and the OccupancyGrid builder."""
+"""Road-mask clean-up, ego component, probability threshold, and the OccupancyGrid builder (ROS glue)."""
 
 from __future__ import annotations
 
@@ -104,14 +104,13 @@ def test_confidence_threshold_and_refine_chain() -> None:
 def camera_info(width: int = 320, height: int = 240, f: float = 250.0):
     from sensor_msgs.msg import CameraInfo
 
-    msg = CameraInfo()
-    msg.width, msg.height = width, height
-    msg.k = [f, 0.0, (width - 1) / 2, 0.0, f, (height - 1) / 2, 0.0, 0.0, 1.0]
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
-    return msg
+    from msseg_core.camera import PinholeCamera
+
+    return CameraInfo(**PinholeCamera.from_hfov(width, height, 60.0).camera_info_fields()
+                      | {"k": [f, 0.0, (width - 1) / 2, 0.0, f, (height - 1) / 2, 0.0, 0.0, 1.0], "p": [0.0] * 12})
 
 
+@pytest.mark.ros
 def test_road_grid_builder_message_and_rebuilds() -> None:
     from std_msgs.msg import Header
 
@@ -127,7 +126,8 @@ def test_road_grid_builder_message_and_rebuilds() -> None:
     assert builder.update_camera_info(camera_info())
     msg = builder.build(mask, header)
     assert msg is not None
-    assert msg.header.frame_id == "base_link" and (msg.header.stamp.sec, msg.header.stamp.nanosec) == (12, 345)
+    assert msg.header.frame_id == "base_footprint"  # REP-105: the base frame on the ground
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (12, 345)
     assert msg.info.resolution == pytest.approx(0.5) and (msg.info.width, msg.info.height) == (40, 20)
     assert (msg.info.origin.position.x, msg.info.origin.position.y) == (0.0, -5.0)
     assert msg.info.origin.orientation.w == 1.0
@@ -166,19 +166,47 @@ def test_road_grid_builder_message_and_rebuilds() -> None:
     assert builder.build(mask, header) is None and "fx > 0" in builder.camera_error
 
 
-def test_camera_model_scaling_keeps_the_principal_point() -> None:
-    from msseg_ros.road_grid import camera_model_from_info
+@pytest.mark.ros
+def test_road_grid_builder_camera_models_and_rectified_images() -> None:
+    """The builder projects with msseg_core.camera as the camera_rectified parameter says: K and the
+    distortion of a raw image, or P of a rectified one; an unknown distortion model gives no grid and
+    says why, until the images are declared rectified (then D is not used)."""
+    from std_msgs.msg import Header
 
-    info = camera_info(640, 480, 500.0)
-    full = camera_model_from_info(info)
-    half = full.scaled_to((240, 320))
-    assert half.K[0] == pytest.approx(250.0) and half.K[2] == pytest.approx(159.5)
-    info.binning_x = info.binning_y = 2
-    binned = camera_model_from_info(info)
-    assert binned.size == (240, 320)
-    assert list(binned.K) == pytest.approx(list(half.K))
+    from msseg_core.camera import PinholeCamera
+    from msseg_core.geometry import GroundGridLookup
+    from msseg_ros.road_grid import RoadGridBuilder
+
+    params = {"camera_pitch": 0.15, "camera_height": 1.5, "grid_resolution": 0.5, "grid_length": 20,
+              "grid_width": 10, "grid_max_range": 25, "road_cleanup_kernel": 0}
+    builder = RoadGridBuilder(**params)
+    mask = np.zeros((240, 320), np.uint8)
+    mask[120:, 60:260] = 255
+    info = camera_info()
+    info.distortion_model, info.d = "equidistant", [0.05, -0.01, 0.002, 0.0]
+    info.p = [200.0, 0.0, 170.0, 0.0, 0.0, 200.0, 110.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # P != K
+
+    def expected(rectified: bool) -> np.ndarray:
+        camera = PinholeCamera.from_camera_info(info, rectified=rectified).with_pose(builder.params.pose)
+        return GroundGridLookup(camera, resolution=0.5, length=20, width=10, max_range=25).apply(mask)
+
+    assert builder.update_camera_info(info)
+    raw = builder.grid(mask)
+    np.testing.assert_array_equal(raw, expected(rectified=False))
+    assert builder.set_params(camera_rectified=True)  # the same CameraInfo, read as rectified
+    rectified = builder.grid(mask)
+    np.testing.assert_array_equal(rectified, expected(rectified=True))
+    assert (raw != rectified).any()
+
+    info.distortion_model = "kannala_brandt"
+    builder.update_camera_info(info)
+    np.testing.assert_array_equal(builder.grid(mask), rectified)  # rectified: D and its model are not used
+    assert builder.set_params(camera_rectified=False)
+    assert builder.grid(mask) is None and builder.build(mask, Header()) is None
+    assert "'kannala_brandt' is not supported" in builder.camera_error
 
 
+@pytest.mark.ros
 def test_declare_road_grid_parameters_on_a_node() -> None:
     import rclpy
     from rclpy.context import Context
@@ -195,6 +223,9 @@ def test_declare_road_grid_parameters_on_a_node() -> None:
         values = declare_road_grid_parameters(node)
         assert set(values) == set(ROAD_GRID_DEFAULTS)
         assert values["grid_frame"] == "base_footprint" and values["grid_resolution"] == 0.2
+        assert values["camera_rectified"] is False
+        descriptor = node.describe_parameter("camera_rectified")
+        assert "rectified" in descriptor.description and descriptor.type == Parameter.Type.BOOL.value
         builder = RoadGridBuilder(**values)
         assert builder.params.camera_pitch == 0.0 and isinstance(builder.params.camera_pitch, float)
         node.destroy_node()

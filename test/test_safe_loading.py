@@ -43,6 +43,7 @@ from sensor_msgs.msg import CompressedImage
 from msseg_ros.image_codec import encode_compressed
 from msseg_ros.segmentation_node import ConfigError
 
+pytestmark = pytest.mark.ros
 SOURCES = sorted(p for pkg in ("msseg_core", "msseg_ros") for p in (REPO / pkg).rglob("*.py"))
 # torch.jit.load runs TorchScript code: only msseg-export's check of the file it has just written may.
 JIT_LOAD_ALLOWED = {("msseg_core/export.py", "load_torchscript")}
@@ -172,7 +173,7 @@ def test_command_line_load_paths_never_unpickle(tiny_checkpoint, camvid: Path, t
     from msseg_core import train as train_mod
     from msseg_core.evaluate import main as eval_main
     from msseg_core.predict import main as predict_main
-    from msseg_ros import bag
+    from msseg_ros.bag import cli
 
     # A real 1-epoch run and a bag to read, made before the trap is set.
     recipe = tmp_path / "r.yaml"
@@ -181,14 +182,14 @@ def test_command_line_load_paths_never_unpickle(tiny_checkpoint, camvid: Path, t
         f"data: {{dataset: camvid, root: {camvid}, crop_size: [32, 48], eval_size: [32, 48], workers: 0}}\n"
         "train: {epochs: 1, batch_size: 4, val_batch_size: 4, device: cpu, seed: 3, threads: 1}\n")
     assert train_mod.main(["--config", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert bag.main(["make", "--data-root", str(camvid), "--split", "val", "--out", str(tmp_path / "bag")]) == 0
+    assert cli.main(["make", "--data-root", str(camvid), "--split", "val", "--out", str(tmp_path / "bag")]) == 0
     common = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--backend", "torch", "--threads", "1"]
     capsys.readouterr()
 
     trap = NoPickle(monkeypatch)
     assert eval_main(["--data-root", str(camvid), "--split", "val", "--quiet", *common]) == 0
     assert predict_main([str(camvid / "val"), "--out", str(tmp_path / "pred"), *common]) == 0
-    assert bag.main(["eval", "--bag", str(tmp_path / "bag"), *common]) == 0
+    assert cli.main(["eval", "--bag", str(tmp_path / "bag"), *common]) == 0
     # resume reads last.safetensors and train_state.safetensors (optimizer, scheduler, RNG states)
     assert train_mod.main(["--resume", "--out", str(tmp_path / "run"), "--set", "train.epochs=2", "--quiet"]) == 0
     err = capsys.readouterr().err

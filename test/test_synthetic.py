@@ -3,11 +3,7 @@ folder, video, rosbag2) and the `synthetic_camera` node over real DDS."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,17 +13,19 @@ import numpy as np
 import pytest
 
 from msseg_core import synthetic
+from msseg_core.camera import PinholeCamera
+from msseg_core.geometry import FREE, OCCUPIED, GroundGridLookup
 from msseg_core.synthetic import (
     PAVEMENT,
     ROAD,
-    CameraModel,
     SceneSequence,
-    intrinsics,
     render_scene,
     scene_info,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+
+def intrinsics(width: int, height: int, hfov_deg: float = 60.0) -> np.ndarray:
+    return PinholeCamera.from_hfov(width, height, hfov_deg).intrinsics
 
 
 # -- renderer ------------------------------------------------------------------------------------
@@ -68,22 +66,15 @@ def test_sequence_moves_forward_deterministically():
     again = SceneSequence(2, 160, 120, fps=10, speed=10.0).frame(5)
     np.testing.assert_array_equal(again.rgb, f5.rgb)
     np.testing.assert_array_equal(again.labels, f5.labels)
-    np.testing.assert_array_equal(seq.K, intrinsics(160, 120, 60.0))
+    np.testing.assert_array_equal(seq.camera.intrinsics, intrinsics(160, 120, 60.0))
+    assert seq.camera.pose == seq.info.camera_pose() == f5.camera.pose
 
 
-def test_intrinsics():
-    k = intrinsics(480, 360, 60.0)
-    f = 240 / math.tan(math.radians(30))
-    np.testing.assert_allclose(k, [[f, 0, 239.5], [0, f, 179.5], [0, 0, 1]])
-    with pytest.raises(ValueError):
-        intrinsics(0, 10, 60)
-
-
-def _expected_road_columns(row: int, cam: CameraModel, left: float, right: float) -> tuple[float, float, float]:
+def _expected_road_columns(row: int, cam: PinholeCamera, left: float, right: float) -> tuple[float, float, float]:
     """Independent pinhole maths: the ground distance seen at `row` and the columns of the road edges."""
-    k = cam.K
+    k = cam.intrinsics
     f, cx, cy = k[0, 0], k[0, 2], k[1, 2]
-    c, s, h = math.cos(math.radians(cam.pitch_deg)), math.sin(math.radians(cam.pitch_deg)), cam.mount_height
+    c, s, h = math.cos(cam.pose.pitch), math.sin(cam.pose.pitch), cam.pose.height
     a = (row - cy) / f
     x = h * (c - a * s) / (a * c + s)  # base-frame forward distance of the ground at this row
     depth = c * x + s * h  # optical z
@@ -94,8 +85,9 @@ def test_road_edges_follow_the_ground_plane_projection():
     """Each image row sees the ground at one distance; the road's edges sit where the flat-ground
     projection of a road of the scene's width puts them, and the road widens towards the camera."""
     width, height = 320, 320
-    cam = CameraModel(width, height, hfov_deg=100.0)  # wide: the road edges are in view in many rows
-    assert cam.horizon_row() == pytest.approx(cam.K[1, 2] - cam.K[1, 1] * math.tan(math.radians(3.0)))
+    cam = SceneSequence(0, width, height, hfov_deg=100.0).camera  # wide: the road edges are in view in many rows
+    k = cam.intrinsics
+    assert cam.horizon_row() == pytest.approx(k[1, 2] - k[1, 1] * math.tan(math.radians(3.0)))
     checked = 0
     for seed in range(12):
         info = scene_info(seed)
@@ -105,7 +97,7 @@ def test_road_edges_follow_the_ground_plane_projection():
         edges: dict[str, list[tuple[int, int]]] = {"left": [], "right": []}
         for row in range(int(cam.horizon_row()) + 6, height):
             x, u_left, u_right = _expected_road_columns(row, cam, info.road_left, info.road_right)
-            assert cam.ground_distance(row) == pytest.approx(x, rel=1e-6)
+            assert cam.project([[x, 0.0, 0.0]])[1][0] == pytest.approx(row, abs=1e-6)  # the ground at x is on this row
             line = labels[row]
             for side, u, outward in (("left", u_left, -1), ("right", u_right, 1)):
                 col = math.ceil(u) if side == "left" else math.floor(u)  # the outermost road pixel centre
@@ -129,40 +121,40 @@ def test_road_edges_follow_the_ground_plane_projection():
     assert checked >= 60, f"only {checked} unobstructed edge pixels found"
 
 
-def test_camera_model_matches_geometry_module():
-    geometry = pytest.importorskip("msseg_core.geometry")
-    cam = CameraModel(320, 240)
+def test_camera_is_the_renderers():
+    """A sequence's camera is the scene's mounting (1.5 m, 3 degrees down), and the rays the renderer
+    casts through its pixels are the ones the road grid projects along."""
+    seq = SceneSequence(0, 320, 240)
     pose = scene_info(0).camera_pose()
-    assert (pose.height, pose.pitch) == (1.5, pytest.approx(math.radians(3.0)))
+    assert seq.camera.pose == pose and (pose.height, pose.pitch) == (1.5, pytest.approx(math.radians(3.0)))
     pts = np.array([[5.0, 1.0, 0.0], [20.0, -3.5, 0.0], [12.0, 2.0, 4.0]])
-    u1, v1, d1 = cam.project(pts)
-    u2, v2, d2 = geometry.project_points(pts, cam.K, pose)
-    np.testing.assert_allclose(np.c_[u1, v1, d1], np.c_[u2, v2, d2], atol=1e-9)
+    u, v, _ = seq.camera.project(pts)
+    rays = seq.camera.rays(u, v)
+    np.testing.assert_allclose(np.cross(rays, pts - pose.translation), 0.0, atol=1e-9)
 
 
 def test_ground_truth_road_maps_onto_the_known_road_strip():
     """The exact road labels, put on the ground with msseg_core.geometry's lookup, are the road strip
     of the scene: every cell outside it is not road; inside, road except where cars stand."""
-    geometry = pytest.importorskip("msseg_core.geometry")
     for seed in range(3):
         info, seq = scene_info(seed), SceneSequence(seed, 320, 240)
-        lookup = geometry.GroundGridLookup(seq.K, (240, 320), info.camera_pose(), resolution=0.2, length=30.0,
-                                           width=24.0, max_range=30.0, min_x=3.0)
+        lookup = GroundGridLookup(seq.camera, resolution=0.2, length=30.0, width=24.0, max_range=30.0, min_x=3.0)
         grid = lookup.apply(seq.frame(0).labels == ROAD)
         y = lookup.cell_y
         inside = lookup.valid & (y < info.road_left - 0.3) & (y > info.road_right + 0.3)
         outside = lookup.valid & ((y > info.road_left + 0.3) | (y < info.road_right - 0.3))
         assert inside.sum() > 1000 and outside.sum() > 1000
-        assert (grid[outside] == geometry.OCCUPIED).all(), f"seed {seed}: road labels outside the road strip"
-        assert (grid[inside] == geometry.FREE).mean() > 0.75, f"seed {seed}: road strip not labelled road"
+        assert (grid[outside] == OCCUPIED).all(), f"seed {seed}: road labels outside the road strip"
+        assert (grid[inside] == FREE).mean() > 0.75, f"seed {seed}: road strip not labelled road"
 
 
 # -- input sources -------------------------------------------------------------------------------
+@pytest.mark.ros
 def test_synthetic_source_matches_renderer():
     from msseg_ros.input_sources import open_source
 
     with open_source("synthetic:3", width=160, height=120) as src:
-        assert src.has_labels and src.K is not None
+        assert src.has_labels and src.camera == SceneSequence(3, 160, 120).camera
         frames = [f for _, f in zip(range(2), src, strict=False)]
     ref = SceneSequence(3, 160, 120)
     np.testing.assert_array_equal(frames[1].rgb, ref.frame(1).rgb)
@@ -187,6 +179,7 @@ def _write_folder(root: Path, n: int = 3, labels: bool = True) -> list[tuple[np.
     return out
 
 
+@pytest.mark.ros
 def test_folder_source_with_camvid_labels(tmp_path):
     from msseg_ros.input_sources import open_source
 
@@ -204,6 +197,7 @@ def test_folder_source_with_camvid_labels(tmp_path):
     assert set(np.unique(f.labels)) <= set(range(11)) | {255}
 
 
+@pytest.mark.ros
 def test_folder_without_labels_and_single_image(tmp_path):
     from msseg_ros.input_sources import open_source
 
@@ -218,6 +212,7 @@ def test_folder_without_labels_and_single_image(tmp_path):
         open_source(str(tmp_path / "nope"))
 
 
+@pytest.mark.ros
 def test_video_source(tmp_path):
     from msseg_ros.input_sources import open_source
 
@@ -257,7 +252,7 @@ def _write_bag(path: Path, n: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
         gt = w.add_connection("/front/ground_truth/labels", "sensor_msgs/msg/Image", typestore=ts)
         info = w.add_connection("/front/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
         other = w.add_connection("/aaa/overlay", "sensor_msgs/msg/Image", typestore=ts)
-        k = seq.K
+        k = seq.camera.intrinsics
         for i in range(n):
             f = seq.frame(i)
             stamp = 1_700_000_000_000_000_000 + i * 100_000_000
@@ -279,6 +274,7 @@ def _write_bag(path: Path, n: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+@pytest.mark.ros
 def test_bag_source(tmp_path):
     from msseg_ros.input_sources import open_source
 
@@ -286,7 +282,7 @@ def test_bag_source(tmp_path):
     with open_source(str(tmp_path / "drive")) as src:
         assert src.kind == "rosbag" and src.image_topic == "/front/image_raw"
         assert src.has_labels and src.labels_topic == "/front/ground_truth/labels"
-        np.testing.assert_allclose(src.K, SceneSequence(4, 64, 48).K)
+        np.testing.assert_allclose(src.camera.intrinsics, SceneSequence(4, 64, 48).camera.intrinsics)
         frames = list(src)
     assert len(frames) == 3
     for i, (f, (rgb, lab)) in enumerate(zip(frames, written, strict=True)):
@@ -301,79 +297,57 @@ def test_bag_source(tmp_path):
 
 
 # -- the camera node -----------------------------------------------------------------------------
-def _camera_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
-
-
-def _camera_cmd(*ros_args: str) -> list[str]:
-    script = Path(sys.executable).parent / "synthetic_camera"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "msseg_ros.synthetic_camera"]
-    return cmd + ["--ros-args", *ros_args]
-
-
 class _Listener:
     """A real rclpy subscriber (own context) to a camera's image, camera_info and ground truth."""
 
     def __init__(self, ns: str, reliable: bool = True):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
 
-        from msseg_ros.synthetic_camera import apply_profile
+        from msseg_ros.graph import PrivateContext
 
-        apply_profile()
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)
-        self.node = rclpy.create_node("camera_test_listener", context=self.context)
         self.got: dict[str, dict[tuple[int, int], object]] = {"image": {}, "camera_info": {}, "labels": {}}
         self.lock = threading.Lock()
+        self._ros = PrivateContext("camera_test_listener")
         policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
         qos = QoSProfile(depth=50, reliability=policy)
         for key, topic, typ in (("image", f"{ns}/image", Image), ("camera_info", f"{ns}/camera_info", CameraInfo),
                                 ("labels", f"{ns}/ground_truth/labels", Image)):
-            self.node.create_subscription(typ, topic, lambda m, k=key: self._on(k, m), qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # the context shuts down under us at close()
-            self.executor.spin()
+            self._ros.node.create_subscription(typ, topic, lambda m, k=key: self._on(k, m), qos)
 
     def _on(self, key: str, msg) -> None:
         with self.lock:
             self.got[key][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
 
     def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5)
+        self._ros.close()
 
 
+def run_camera(*ros_args: str, timeout: float = 90.0) -> tuple[int, str]:
+    """Run the camera node to its end (the way users start it): exit status and its output."""
+    from msseg_ros.graph import NodeProcess
+
+    with NodeProcess("synthetic_camera", ["--ros-args", *ros_args]) as camera:
+        return camera.wait(timeout), camera.output()
+
+
+@pytest.mark.ros
 def test_camera_node_publishes_image_info_and_labels_with_one_stamp():
-    ns = "/synthcam_test"
+    from helpers_ros import namespace
+
+    ns = namespace("synthcam_test")
     listener = _Listener(ns)
     try:
-        proc = subprocess.run(_camera_cmd("-r", f"__ns:={ns}", "-p", "count:=4", "-p", "width:=160", "-p",
-                                          "height:=120", "-p", "rate:=20.0", "-p", "seed:=7",
-                                          "-p", "wait_for_subscribers:=1"),
-                              env=_camera_env(), capture_output=True, text=True, timeout=90)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        status, output = run_camera("-r", f"__ns:={ns}", "-p", "count:=4", "-p", "width:=160", "-p", "height:=120",
+                                    "-p", "rate:=20.0", "-p", "seed:=7", "-p", "wait_for_subscribers:=1")
+        assert status == 0, output
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and min(len(v) for v in listener.got.values()) < 4:
             time.sleep(0.05)
     finally:
         listener.close()
     got = listener.got
-    assert len(got["image"]) == 4, proc.stderr
+    assert len(got["image"]) == 4, output
     assert set(got["image"]) == set(got["camera_info"]) == set(got["labels"])  # identical stamps
     k = intrinsics(160, 120, 60.0)
     ref = SceneSequence(7, 160, 120, fps=20.0)
@@ -388,28 +362,28 @@ def test_camera_node_publishes_image_info_and_labels_with_one_stamp():
         np.testing.assert_array_equal(np.frombuffer(lab.data, np.uint8).reshape(120, 160), ref.frame(i).labels)
 
 
+@pytest.mark.ros
 def test_camera_node_replays_a_folder_and_rejects_a_missing_source(tmp_path):
-    ns = "/synthcam_folder_test"
+    from helpers_ros import namespace
+
+    ns = namespace("synthcam_folder_test")
     written = _write_folder(tmp_path, n=3)
     listener = _Listener(ns, reliable=False)  # a reliable reader would refuse the best-effort camera
     try:
-        proc = subprocess.run(_camera_cmd("-r", f"__ns:={ns}", "-p", f"source:={tmp_path / 'test'}",
-                                          "-p", "rate:=20.0", "-p", "wait_for_subscribers:=1",
-                                          "-p", "reliability:=best_effort"),
-                              env=_camera_env(), capture_output=True, text=True, timeout=90)
-        assert proc.returncode == 0, proc.stdout + proc.stderr  # ends with the folder
+        status, output = run_camera("-r", f"__ns:={ns}", "-p", f"source:={tmp_path / 'test'}", "-p", "rate:=20.0",
+                                    "-p", "wait_for_subscribers:=1", "-p", "reliability:=best_effort")
+        assert status == 0, output  # ends with the folder
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and len(listener.got["labels"]) < 3:
             time.sleep(0.05)
     finally:
         listener.close()
-    assert "source ended after 3 frames" in proc.stderr
+    assert "source ended after 3 frames" in output
     labels = [np.frombuffer(listener.got["labels"][s].data, np.uint8).reshape(48, 64)
               for s in sorted(listener.got["labels"])]
     assert len(labels) == 3
     for lab, (_, ref) in zip(labels, written, strict=True):
         np.testing.assert_array_equal(lab, ref)
 
-    bad = subprocess.run(_camera_cmd("-p", f"source:={tmp_path / 'missing'}"), env=_camera_env(),
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    status, output = run_camera("-p", f"source:={tmp_path / 'missing'}", timeout=60)
+    assert status == 2 and "does not exist" in output

@@ -23,7 +23,6 @@ from msseg_core.data.datasets import (
 
 _LAZY = {
     "TrainTransform": "msseg_core.data.transforms",
-    "EvalTransform": "msseg_core.data.transforms",
     "GpuResidentData": "msseg_core.data.gpu",
     "split_bytes": "msseg_core.data.gpu",
     "write_fake_camvid": "msseg_core.data.fake",

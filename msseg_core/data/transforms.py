@@ -2,8 +2,8 @@
 
 The image travels as `tv_tensors.Image` and the label as `tv_tensors.Mask`, so every geometric op v2
 applies to both with the same parameters, and v2 resizes masks with NEAREST: class ids are never
-interpolated. Colour jitter only touches the Image. Both transforms take what `SegmentationDataset` yields
-(uint8 HxWx3 RGB numpy, uint8 HxW numpy; CxHxW / HxW tensors are accepted too) and return plain tensors:
+interpolated. Colour jitter only touches the Image. TrainTransform takes what `SegmentationDataset` yields
+(uint8 HxWx3 RGB numpy, uint8 HxW numpy; CxHxW / HxW tensors are accepted too) and returns plain tensors:
 (float32 3xHxW normalised image, int64 HxW mask with 255 = ignore).
 """
 
@@ -109,24 +109,4 @@ class TrainTransform:
         return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
 
 
-class EvalTransform:
-    """Evaluation: normalise the image, optionally resized to `size` (h, w) for the network; the mask stays
-    at its original size, so metrics are computed at full label resolution — the consumer upsamples the
-    logits to `mask.shape` (bilinear) before argmax instead of downsampling the labels."""
-
-    def __init__(self, size: int | Sequence[int] | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        self.size = None if size is None else _pair(size)
-        self.to_dtype = _to_dtype()
-        self.normalize = v2.Normalize(list(mean), list(std))
-
-    def __call__(self, image: np.ndarray | torch.Tensor,
-                 mask: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        img, msk = to_tv_tensors(image, mask)
-        if self.size is not None and tuple(img.shape[-2:]) != self.size:
-            img = F.resize(img, list(self.size), antialias=True)
-        img, msk = self.to_dtype(img, msk)
-        return self.normalize(img).as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
-
-
-__all__ = ["DEFAULT_JITTER", "EvalTransform", "RandomScale", "TrainTransform", "to_tv_tensors"]
+__all__ = ["DEFAULT_JITTER", "RandomScale", "TrainTransform", "to_tv_tensors"]

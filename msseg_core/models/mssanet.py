@@ -102,6 +102,16 @@ def dilation_schedule(run_length: int, mode: str = "table") -> list[tuple[int, i
     return out
 
 
+
+def check_decoder_options(fusion: str, attention: bool, dropout: float) -> None:
+    """The decoder options both MSSANet variants share: a clear ValueError for a bad one."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if not isinstance(attention, bool):
+        raise ValueError(f"attention must be a bool, got {attention!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
 class PositionAttention(nn.Module):
     """Eqs. 1-2: E_j = alpha * sum_i softmax_i(B_i . C_j) D_i + A_j, alpha learnable, 0 at init.
 
@@ -141,12 +151,7 @@ class MSSANet(nn.Module):
             raise ValueError(f"num_pools must be an int in 0..5, got {num_pools!r}")
         if branches not in (1, 2) or isinstance(branches, bool):
             raise ValueError(f"branches must be 1 or 2, got {branches!r}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if not isinstance(attention, bool):
-            raise ValueError(f"attention must be a bool, got {attention!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_decoder_options(fusion, attention, dropout)
         self.width, self.num_pools, self.branches, self.fusion = width, num_pools, branches, fusion
         chans = [scale_channels(c, width) for _, c in VGG16_BLOCKS]
 
@@ -242,12 +247,7 @@ class EncoderMSSANet(nn.Module):
                  fusion: str = "concat", attention: bool = True, dilation: str = "table", dropout: float = 0.1):
         super().__init__()
         check_num_classes(num_classes)
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if not isinstance(attention, bool):
-            raise ValueError(f"attention must be a bool, got {attention!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_decoder_options(fusion, attention, dropout)
         self.fusion = fusion
         self.encoder = build_encoder(encoder)
         c4, c8, c16, c32 = self.encoder.channels

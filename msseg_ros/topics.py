@@ -1,0 +1,35 @@
+"""Topic (and frame) names of the package, defined once; no ROS import, so launch files can use it.
+
+Node topics are relative: a node puts them under its namespace, and remaps point them elsewhere
+(`-r image:=/front/image_raw`). The absolute names are the defaults of the camera side and the
+tools: where `msseg-bag make` writes a camera, where the launch files and the demo put the node.
+"""
+
+from __future__ import annotations
+
+# -- the segmentation node (relative) ---------------------------------------------------------
+IMAGE = "image"  # sensor_msgs/Image in
+COMPRESSED_IMAGE = "image/compressed"  # sensor_msgs/CompressedImage in (image_transport's name)
+CAMERA_INFO = "camera_info"  # sensor_msgs/CameraInfo in
+OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
+"""Image outputs, one topic each, named like the Segmenter outputs they carry."""
+LABELS = "labels"
+ROAD_GRID = "road_grid"  # nav_msgs/OccupancyGrid out
+DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray, absolute by ROS convention
+GROUND_TRUTH = "ground_truth/labels"  # mono8 ground truth: the camera node publishes it, the evaluator reads it
+
+# -- defaults of the camera side and the tools (absolute): CAMERA_<the node's name> ------------------
+NAMESPACE = "/msseg"
+CAMERA_IMAGE = "/camera/image_raw"
+CAMERA_COMPRESSED_IMAGE = f"{CAMERA_IMAGE}/compressed"
+CAMERA_CAMERA_INFO = "/camera/camera_info"
+GROUND_TRUTH_LABELS = f"/{GROUND_TRUTH}"
+CAMERA_FRAME = "camera_optical_frame"  # REP-103 optical frame (z forward, x right, y down) of the camera
+
+
+def in_namespace(namespace: str, name: str) -> str:
+    """The absolute name of a relative topic in a namespace: ('/msseg', 'labels') -> '/msseg/labels'."""
+    if name.startswith("/"):
+        return name
+    namespace = namespace.strip("/")
+    return f"/{namespace}/{name}" if namespace else f"/{name}"

@@ -1,0 +1,118 @@
+"""The node's per-camera machinery without a node: round-robin mailboxes, camera names and per-camera
+parameters, and what the health rules make of a camera's state (the node tests cover them over DDS)."""
+
+from __future__ import annotations
+
+import pytest
+
+from msseg_ros import health
+from msseg_ros.cameras import Camera, check_camera_names, stray_camera_parameter
+from msseg_ros.pipeline import CameraMailboxes, FrameStats, InputState
+from msseg_ros.road_grid import RoadGridBuilder
+
+pytestmark = pytest.mark.ros  # imports nav_msgs (road_grid)
+
+
+def test_mailboxes_take_every_pending_camera_round_robin() -> None:
+    boxes: CameraMailboxes[str] = CameraMailboxes(3)
+    assert boxes.take(timeout=0) == []
+    assert boxes.put(0, "f1") is False and boxes.put(0, "f2") is True  # the older frame is replaced
+    boxes.put(2, "r1")
+    assert boxes.take() == [(0, "f2"), (2, "r1")]  # one of each pending camera, in camera order
+    for camera in range(3):
+        boxes.put(camera, f"x{camera}")
+    assert boxes.take() == [(0, "x0"), (1, "x1"), (2, "x2")]  # after camera 2 came last: start at 0
+
+
+def test_mailboxes_limit_rotates_so_no_camera_starves() -> None:
+    """max_batch 1 under overload (every camera always has a frame pending): strict rotation."""
+    boxes: CameraMailboxes[int] = CameraMailboxes(3)
+    served = []
+    for frame in range(9):
+        for camera in range(3):
+            boxes.put(camera, frame)
+        (camera, _), = boxes.take(limit=1)
+        served.append(camera)
+    assert served == [0, 1, 2] * 3
+    assert [camera for camera, _ in boxes.drain()] == [0, 1]  # still pending: camera 2 was served last
+    for camera in (0, 2):
+        boxes.put(camera, 99)
+    assert boxes.take(limit=2) == [(0, 99), (2, 99)] and boxes.drain() == []
+    boxes.put(1, 5)
+    assert boxes.drain() == [(1, 5)] and boxes.take(timeout=0) == []
+
+
+@pytest.mark.parametrize(("names", "problem"), [
+    (["front", "left"], None),
+    (["front", "front"], "listed twice"),
+    (["front/left"], "must start with a letter"),
+    (["2nd"], "must start with a letter"),
+    ([""], "must start with a letter"),
+    (["device"], "name of a node parameter"),
+    (["qos_overrides"], "name of a node parameter"),
+])
+def test_camera_names(names: list[str], problem: str | None) -> None:
+    result = check_camera_names(names, reserved={"device", "checkpoint"})
+    assert result is None if problem is None else problem in result, result
+
+
+def test_per_camera_parameters_for_unknown_cameras_or_names() -> None:
+    assert stray_camera_parameter(["front.camera_height", "qos_overrides./x.publisher.depth", "device"],
+                                  ["front"]) is None
+    assert "no camera 'rear' (cameras: front)" in stray_camera_parameter(["rear.camera_height"], ["front"])
+    assert "cameras parameter is empty" in stray_camera_parameter(["front.camera_pitch"], [])
+    assert "no parameter 'camera_heigth'" in stray_camera_parameter(["front.camera_heigth"], ["front"])
+
+
+def test_camera_names_of_topics_and_parameters() -> None:
+    single, front = Camera("", 0, RoadGridBuilder()), Camera("front", 1, RoadGridBuilder())
+    assert (single.topic("labels"), single.parameter("camera_height"), single.label) == (
+        "labels", "camera_height", "segmentation")
+    assert (front.topic("image"), front.parameter("camera_height"), front.label) == (
+        "front/image", "front.camera_height", "front")
+
+
+LIMITS = health.HealthLimits(input_timeout=2.0, startup_grace=10.0)
+
+
+def assess(state: InputState, problem: str = "", now: float = 100.0, received: int = 5, rate: float = 1.0):
+    return health.assess(state, problem, now=now, active_since=50.0, limits=LIMITS, received=received, rate_hz=rate)
+
+
+def test_health_rules() -> None:
+    flowing = InputState(last_arrival=99.5, failing_streak=0, last_failure="")
+    assert assess(flowing) == (health.OK, "segmenting")
+    level, message = assess(InputState(95.0, 0, ""))
+    assert level == health.WARN and "no frame for 5.0 s" in message
+    assert assess(InputState(None, 0, ""), now=55.0, received=0, rate=0.0) == (health.OK, "waiting for frames")
+    level, message = assess(InputState(None, 0, ""), now=61.0, received=0, rate=0.0)
+    assert level == health.WARN and "no frame received in the 11 s since activation" in message
+    level, message = assess(InputState(99.9, 3, "invalid frame: unsupported encoding '32FC1'"), rate=0.0)
+    assert level == health.ERROR and "none can be processed" in message and "32FC1" in message
+    assert assess(flowing, "inference failed: RuntimeError: CUDA error")[0] == health.ERROR
+    assert assess(flowing, "invalid frame: step too small")[0] == health.WARN
+    off = health.HealthLimits(input_timeout=0.0, startup_grace=10.0)
+    assert health.assess(InputState(1.0, 0, ""), "", now=1e6, active_since=0.0, limits=off, received=1,
+                         rate_hz=0.0) == (health.OK, "idle")
+
+
+def test_frame_stats_track_arrivals_and_failing_streaks() -> None:
+    stats = FrameStats()
+    stats.count("received", now=12.5)
+    stats.count("invalid", "invalid frame: bad")
+    stats.count("errors", "inference failed: boom")
+    assert stats.input_state() == InputState(12.5, 2, "inference failed: boom")
+    stats.processed(["labels"], 0.1, 0.05)
+    assert stats.input_state().failing_streak == 0
+
+
+def test_engine_facts_for_diagnostics() -> None:
+    facts = health.engine_facts({
+        "backend": "onnxruntime", "precision": "fp32", "providers": ["CPUExecutionProvider"],
+        "auto": {"choice": "onnxruntime", "timings_ms": {"torch": 12.345, "onnxruntime": 8.0},
+                 "agreement": {"onnxruntime": 0.99991}, "cached": True, "skipped": {"openvino": "not installed"}}})
+    assert facts == {"auto choice": "onnxruntime", "auto timings ms": "torch 12.35, onnxruntime 8.00",
+                     "auto agreement": "onnxruntime 0.9999", "auto cached": "true", "auto skipped": "openvino",
+                     "providers": "CPUExecutionProvider"}
+    assert health.engine_facts({"backend": "tensorrt", "engine_cache": "loaded", "cuda_graphs": True}) == {
+        "engine cache": "loaded", "cuda graphs": "true"}

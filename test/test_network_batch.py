@@ -1,0 +1,53 @@
+"""Segmenter.run_network_batch: several frames (any sizes) in one forward pass, one NetworkOutput per
+frame for postprocess: what the node does with the frames of several cameras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msseg_core.inference import OUTPUTS, Segmenter
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_checkpoint) -> Segmenter:  # noqa: F811
+    return Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch", threads=1)
+
+
+def frames(sizes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def test_batch_agrees_with_one_frame_at_a_time(segmenter: Segmenter) -> None:
+    """Mixed sizes in one batch: each frame's logits are its own (as run_network gives them, up to
+    float rounding of a batched convolution) and post-process to the outputs `segment` gives."""
+    batch = frames([(30, 44), (60, 80), (30, 44), (17, 23)])
+    nets = segmenter.run_network_batch(batch)
+    assert len(nets) == len(batch)
+    for rgb, net in zip(batch, nets, strict=True):
+        assert net.frames.shape[0] == net.logits.shape[0] == 1 and tuple(net.frames.shape[1:3]) == rgb.shape[:2]
+        torch.testing.assert_close(net.logits, segmenter.run_network(rgb).logits, rtol=1e-4, atol=1e-4)
+        out, expected = segmenter.postprocess(net, OUTPUTS), segmenter.segment(rgb, OUTPUTS)
+        assert set(out) == set(OUTPUTS)
+        for name in OUTPUTS:
+            assert out[name].shape == expected[name].shape, name
+        assert (out["labels"] == expected["labels"]).mean() >= 0.99
+
+
+def test_batch_outputs_are_owned(segmenter: Segmenter) -> None:
+    """A later batch (or frame) does not overwrite an earlier batch's logits: each frame may wait in
+    another thread to be post-processed."""
+    first = segmenter.run_network_batch(frames([(30, 44), (30, 44)], seed=1))
+    kept = [net.logits.clone() for net in first]
+    segmenter.run_network_batch(frames([(30, 44), (30, 44)], seed=2))
+    segmenter.run_network(frames([(30, 44)], seed=3)[0])
+    for net, logits in zip(first, kept, strict=True):
+        assert torch.equal(net.logits, logits)
+
+
+def test_empty_and_bad_batches(segmenter: Segmenter) -> None:
+    assert segmenter.run_network_batch([]) == []
+    with pytest.raises(ValueError, match="H x W x 3 uint8"):
+        segmenter.run_network_batch([frames([(8, 8)])[0], np.zeros((8, 8), np.uint8)])

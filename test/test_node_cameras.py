@@ -1,0 +1,227 @@
+"""One node, several cameras (`cameras`), over real DDS: each camera's topics under its name and its
+outputs with its own header, one model whose forward pass takes the frames pending from several cameras
+as one batch, round robin under overload with every frame of every camera accounted for, per-camera
+road-grid parameters, per-camera diagnostics, and clear errors for bad camera lists."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from helpers_ros import (
+    FAST_PARAMS,
+    InProcessNode,
+    SegmentationClient,
+    frame_counters,
+    image_array,
+    make_header,
+    namespace,
+    random_rgb,
+    rgb_image,
+)
+from nav_msgs.msg import OccupancyGrid
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo
+
+from msseg_core.camera import PinholeCamera
+from msseg_core.inference import OUTPUTS, Segmenter
+from msseg_ros.pipeline import all_accounted
+from msseg_ros.segmentation_node import ConfigError
+
+pytestmark = pytest.mark.ros
+CAMERAS = ["front", "left", "right"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint) -> Segmenter:  # noqa: F811
+    return Segmenter.from_checkpoint(tiny_checkpoint, **FAST_PARAMS)
+
+
+class Cameras:
+    """One SegmentationClient per camera of an in-process node."""
+
+    def __init__(self, ns: str, outputs=("labels",)):
+        self.clients = {c: SegmentationClient(f"{ns}/{c}", outputs=outputs, name=f"cam_{c}") for c in CAMERAS}
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+@pytest.fixture()
+def three(tiny_checkpoint) -> Iterator[tuple[InProcessNode, Cameras]]:  # noqa: F811
+    ns = namespace("cams")
+    params = {"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "front.camera_height": 1.2,
+              "left.camera_yaw": 1.5, "grid_resolution": 0.5}
+    with InProcessNode(params, ns) as node:
+        cams = Cameras(ns, outputs=OUTPUTS)
+        try:
+            for client in cams.clients.values():
+                client.wait_until_served()
+            yield node, cams
+        finally:
+            cams.close()
+
+
+def counters(node: InProcessNode, camera: str) -> dict[str, int]:
+    return frame_counters(next(c for c in node.node.cameras if c.name == camera))
+
+
+def wait_until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_each_camera_is_served_under_its_name_with_its_header(three, reference: Segmenter) -> None:
+    node, cams = three
+    fqn = node.fqn
+    for i, (camera, client) in enumerate(cams.clients.items()):
+        rgb = random_rgb(24 + 8 * i, 32 + 8 * i, seed=i)
+        sent = rgb_image(rgb, make_header(f"{camera}_optical_frame"))
+        outputs = client.request(sent)
+        assert set(outputs) == set(OUTPUTS)
+        for msg in outputs.values():
+            assert msg.header == sent.header and (msg.height, msg.width) == rgb.shape[:2], camera
+        assert (image_array(outputs["labels"]) == reference.predict(rgb)).mean() >= 0.99
+    client = cams.clients["front"]
+    for camera in CAMERAS:
+        values = client.wait_for_status(fqn, lambda s: int(s["processed"]) >= 1, camera=camera)
+        assert values["camera"] == camera and values["input topic"] == f"{fqn.rsplit('/', 1)[0]}/{camera}/image"
+        assert client.status_message(fqn, camera).hardware_id == f"{fqn}:{camera}"
+    assert all(all_accounted(counters(node, c)) for c in CAMERAS)
+
+
+def test_frames_pending_together_go_through_the_network_as_one_batch(three) -> None:
+    """The worker is held in the network on a front frame while a frame of every camera arrives; it then
+    takes all three at once: one forward pass for three cameras, each answered on its own topics."""
+    node, cams = three
+    seg = node.node.segmenter
+    entered, release, batches = threading.Event(), threading.Event(), []
+    single, batch = seg.run_network, seg.run_network_batch
+
+    def held(rgb):
+        entered.set()
+        assert release.wait(30)
+        return single(rgb)
+
+    def recorded(frames):
+        batches.append(len(frames))
+        return batch(frames)
+
+    seg.run_network, seg.run_network_batch = held, recorded
+    try:
+        first = cams.clients["front"].publish(rgb_image(random_rgb(16, 24)))
+        assert entered.wait(20)
+        before = {c: counters(node, c)["received"] for c in CAMERAS}
+        keys = {c: client.publish(rgb_image(random_rgb(20, 28, seed=9), make_header(c))) for c, client in
+                cams.clients.items()}
+        assert wait_until(lambda: all(counters(node, c)["received"] == before[c] + 1 for c in CAMERAS))
+        release.set()
+        cams.clients["front"].wait_for(first)
+        for camera, key in keys.items():
+            assert cams.clients[camera].wait_for(key)["labels"].header.frame_id == camera
+    finally:
+        release.set()
+        seg.run_network, seg.run_network_batch = single, batch
+    assert batches == [3], batches
+
+
+def test_round_robin_under_overload(tiny_checkpoint) -> None:  # noqa: F811
+    """max_batch 1 and three cameras flooding: every camera is served in turn, none starves, and each
+    camera's frames are all accounted for (received = processed + dropped + invalid + errors + skipped)."""
+    ns = namespace("cams_rr")
+    with InProcessNode({"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "max_batch": 1}, ns) as node:
+        cams = Cameras(ns)
+        try:
+            for client in cams.clients.values():
+                client.wait_until_served()
+            start = {c: counters(node, c) for c in CAMERAS}
+            frames = [rgb_image(random_rgb(60, 80, seed=i)) for i in range(4)]
+
+            def processed() -> dict[str, int]:
+                return {c: counters(node, c)["processed"] - start[c]["processed"] for c in CAMERAS}
+
+            # Flood every camera (a few ms between rounds leave the in-process node the CPU) until each camera
+            # has 10 frames processed, or one has 40 (then another starves).
+            deadline, i = time.monotonic() + 120, 0
+            while min(processed().values()) < 10 and max(processed().values()) < 40:
+                assert time.monotonic() < deadline, processed()
+                for client in cams.clients.values():
+                    client.publish(frames[i % len(frames)])
+                i += 1
+                time.sleep(0.005)
+            assert wait_until(lambda: all(all_accounted(counters(node, c)) for c in CAMERAS))
+        finally:
+            cams.close()
+        dropped = {c: counters(node, c)["dropped"] - start[c]["dropped"] for c in CAMERAS}
+        done = processed()
+    assert all(dropped.values()), dropped  # overloaded indeed
+    print(f"\nframes processed per camera under overload, max_batch 1: {done}")
+    assert min(done.values()) >= 10 and max(done.values()) - min(done.values()) <= 3, done  # strict turns
+
+
+def camera_info(header) -> CameraInfo:
+    return CameraInfo(header=header, **PinholeCamera(64, 48, [40.0, 0, 32, 0, 40.0, 24, 0, 0, 1]).camera_info_fields())
+
+
+def test_per_camera_road_grid_parameters(three) -> None:
+    """`<camera>.<parameter>` mounts each camera; a top-level value is where every camera starts; at run
+    time each camera changes alone and a top-level change is refused with the per-camera name to use."""
+    node, cams = three
+    grids = {c: node.node.cameras[i].road_grid for i, c in enumerate(CAMERAS)}
+    assert grids["front"].params.camera_height == 1.2 and grids["left"].params.camera_height == 1.5
+    assert grids["left"].params.camera_yaw == 1.5 and grids["right"].params.camera_yaw == 0.0
+    assert {g.params.grid_resolution for g in grids.values()} == {0.5}
+    client = cams.clients["left"]
+    assert all(r.successful for r in client.set_parameters(node.fqn, {"left.camera_pitch": 0.25}))
+    assert grids["left"].params.camera_pitch == 0.25 and grids["front"].params.camera_pitch == 0.0
+    refused = client.set_parameters(node.fqn, {"camera_pitch": 0.1})[0]
+    assert not refused.successful and "<camera>.camera_pitch" in refused.reason
+    refused = client.set_parameters(node.fqn, {"left.camera_pitch": 3.0})[0]
+    assert not refused.successful and refused.reason.startswith("camera left:"), refused.reason
+    # The road grid of one camera: its CameraInfo, its frame's stamp.
+    got = threading.Event()
+    grids_rx: list[OccupancyGrid] = []
+    client.node.create_subscription(OccupancyGrid, f"{client.namespace}/road_grid",
+                                    lambda m: (grids_rx.append(m), got.set()),
+                                    QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    info_pub = client.node.create_publisher(CameraInfo, f"{client.namespace}/camera_info", 10)
+    assert wait_until(lambda: (info_pub.publish(camera_info(make_header("left_optical"))) or True)
+                      and grids["left"].ready)
+    assert not grids["front"].ready
+    sent = rgb_image(random_rgb(48, 64), make_header("left_optical"))
+    client.request(sent)
+    assert got.wait(20) and grids_rx[0].header.stamp == sent.header.stamp
+    assert grids_rx[0].header.frame_id == "base_footprint" and abs(grids_rx[0].info.resolution - 0.5) < 1e-6
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({"cameras": ["front", "front"]}, "parameter cameras: camera 'front' is listed twice"),
+    ({"cameras": ["front", "left/2"]}, "parameter cameras: camera name 'left/2' must start with a letter"),
+    ({"cameras": ["device"]}, "parameter cameras: camera name 'device' is the name of a node parameter"),
+    ({"cameras": ["front"], "rear.camera_height": 1.0}, "parameter rear.camera_height: there is no camera 'rear'"),
+    ({"front.camera_pitch": 0.1}, "there is no camera 'front' (cameras: none, the cameras parameter is empty)"),
+    ({"cameras": ["front"], "front.camera_heigth": 1.0}, "cameras have no parameter 'camera_heigth'"),
+    ({"cameras": ["front"], "front.camera_pitch": 2.0}, "camera front: camera_pitch and camera_roll must be"),
+])
+def test_bad_camera_configurations_are_one_clear_error(tiny_checkpoint, params: dict, expected: str) -> None:  # noqa: F811
+    with pytest.raises(ConfigError) as info:
+        InProcessNode({"checkpoint": str(tiny_checkpoint), **params}, namespace("cams_bad")).close()
+    assert expected in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_a_failed_configure_leaves_nothing_half_made(tiny_checkpoint) -> None:  # noqa: F811
+    params = {"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "right.camera_pitch": 2.0, "autostart": False}
+    with InProcessNode(params, namespace("cams_half")) as node:
+        seg = node.node
+        assert seg.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "camera right" in seg.last_error
+        assert seg.cameras == [] and seg.segmenter is None
+        assert not [n for n in seg._parameters if n.startswith(("front.", "left.", "right.")) or n == "road_classes"]
+        names = {name for name, _ in seg.get_subscriber_names_and_types_by_node(seg.get_name(), seg.get_namespace())}
+        assert not [n for n in names if n.endswith("/image")], names
