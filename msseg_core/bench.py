@@ -502,15 +502,16 @@ def to_markdown(report: dict) -> str:
         rate_rows = [r for r in rows if r.get("mode") == "rate"]
         rows = [r for r in rows if r.get("mode") != "rate"]
         if rows:
-            lines += ["| frame | frames | node p50 ms | node p99 ms | bare p50 ms | bare p99 ms | overhead ms (p50) "
-                      "| overhead / bare | backend |", "|" + "---|" * 9]
+            lines += ["| outputs | frame | frames | node p50 ms | node p99 ms | bare p50 ms | bare p99 ms "
+                      "| overhead ms (p50) | overhead / bare | backend |", "|" + "---|" * 10]
         for r in rows:
             frame = "x".join(map(str, r["frame_size"] or ["?"]))
             if "error" in r:
-                lines.append(error_row([frame], r["error"], 9, error_at=7))
+                lines.append(error_row([r.get("outputs", "-"), frame], r["error"], 10, error_at=8))
                 continue
             n, b = r["node_latency_ms"], r["bare_latency_ms"]
-            lines.append(f"| {frame} | {r['frames']} | {n['p50']:.2f} | {n['p99']:.2f} | {b['p50']:.2f} "
+            lines.append(f"| {r.get('outputs', 'all')} ({r.get('bare_call', 'segment')}) | {frame} | {r['frames']} "
+                         f"| {n['p50']:.2f} | {n['p99']:.2f} | {b['p50']:.2f} "
                          f"| {b['p99']:.2f} | {r['overhead_ms']:.2f} | {100 * r['overhead_ratio']:.1f}% "
                          f"| {r.get('backend', '')} |")
         if rate_rows:

@@ -31,17 +31,36 @@ GPU_CONFIGS = (("torch", "fp32"), ("torch", "fp16"), ("tensorrt", "fp32"), ("ten
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoints", default="camvid,camvid_fast",
                    help="zoo names or .safetensors; the first is the node's default model")
-    p.add_argument("--data-root", required=True, help="dataset folder")
+    p.add_argument("--data-root", default=None, help="dataset folder (required unless --from-json)")
     p.add_argument("--split", default="val", help="split to score and time on")
     p.add_argument("--configs", default="", help="backend:precision list (default: every one this device runs)")
     p.add_argument("--chart", default=None, help="write the chart (PNG) here")
     p.add_argument("--title", default="", help="chart title (default: machine and threads)")
     p.add_argument("--agreement-frames", type=int, default=20, help="frames for the label agreement check")
+    p.add_argument("--from-json", default="", help="measure nothing: chart and tabulate these saved reports "
+                   "(comma-separated pareto.json files, merged in order; no node-default star)")
+    p.add_argument("--rename", action="append", default=[], metavar="CHECKPOINT=NAME",
+                   help="with --from-json: show CHECKPOINT as NAME in the chart and table (repeatable)")
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Score and time every configuration; the report's `default` names the node's default point."""
+    """Score and time every configuration; the report's `default` names the node's default point.
+    With --from-json: the saved reports merged and charted instead (nothing measured)."""
+    import json
+
     import torch
+
+    if getattr(args, "from_json", ""):
+        try:
+            report = merge_reports([json.loads(Path(f).read_text()) for f in args.from_json.split(",") if f],
+                                   dict(r.split("=", 1) for r in getattr(args, "rename", [])))
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"msseg-bench pareto: --from-json: {exc}") from None
+        if args.chart:
+            write_chart(report, args.chart, args.title)
+        return report
+    if not args.data_root:
+        raise SystemExit("msseg-bench pareto: --data-root is required (the split to score on)")
 
     from msseg_core.backends import default_threads
     from msseg_core.bench import environment, split_list, time_calls
@@ -132,6 +151,18 @@ def main(argv: list[str] | None = None) -> int:
             Path(path).write_text(text)
     print(table, end="")
     return 0 if any("error" not in r for r in report["results"]) else 1
+
+
+def merge_reports(reports: list[dict], rename: dict[str, str] | None = None) -> dict:
+    """Several saved pareto reports as one (e.g. runs made at different times, for one chart): results in
+    order, checkpoints renamed for the legend, the first report's environment, no node-default point."""
+    if not reports:
+        raise ValueError("no report to merge")
+    rename = rename or {}
+    results = [dict(r, checkpoint=rename.get(r["checkpoint"], r["checkpoint"])) for rep in reports
+               for r in rep["results"]]
+    return {"kind": "pareto", "env": reports[0]["env"], "args": reports[0]["args"], "results": results,
+            "default": None}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

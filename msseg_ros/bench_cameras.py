@@ -17,6 +17,7 @@ from msseg_core import bench
 from msseg_core.bench import parse_sizes, split_list, synthetic_frames
 from msseg_core.inference import Segmenter
 from msseg_core.io import write_text_atomic
+from msseg_core.zoo import resolve_checkpoint
 from msseg_ros import topics
 from msseg_ros.bench_node import NS, STAMP_BASE, bare_phase, spin_until, thread_cpu_seconds
 from msseg_ros.cdr import cdr_stamp, set_cdr_stamp
@@ -79,7 +80,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
 def _node_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {"device": args.device, "backend": args.backend, "precision": args.precision}
     if args.checkpoint:
-        params["checkpoint"] = str(Path(args.checkpoint).resolve())
+        params["checkpoint"] = str(resolve_checkpoint(args.checkpoint).resolve())  # zoo names too
     if args.threads:
         params["threads"] = args.threads
     for item in split_list(args.node_params):

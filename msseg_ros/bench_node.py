@@ -55,6 +55,7 @@ from msseg_core import bench
 from msseg_core.backends import default_threads
 from msseg_core.bench import latency_stats, parse_sizes, split_list, synthetic_frames
 from msseg_core.inference import OUTPUTS, Segmenter, resolve_device
+from msseg_core.zoo import resolve_checkpoint
 from msseg_ros import topics
 from msseg_ros.cdr import cdr_stamp, set_cdr_stamp
 
@@ -90,9 +91,10 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described in the module docstring; returns the report (kind 'node')."""
     modes = split_list(args.modes)
-    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(set(split_list(args.rate_outputs)) - set(RATE_OUTPUTS))
+    asked = set(split_list(args.rate_outputs)) | set(split_list(args.lockstep_outputs))
+    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(asked - set(RATE_OUTPUTS))
     if unknown or not modes:
-        print(f"msseg-bench node: unknown --modes/--rate-outputs {unknown or modes}; modes are lockstep, rate; "
+        print(f"msseg-bench node: unknown --modes/--*-outputs {unknown or modes}; modes are lockstep, rate; "
               f"rate outputs are {', '.join(RATE_OUTPUTS)}", file=sys.stderr)
         raise SystemExit(2)
     from msseg_ros.qos import apply_fastdds_profile
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
     namespace = f"/msseg_bench_{os.getpid()}"
     params = {"device": args.device, "backend": args.backend, "precision": args.precision}
     if checkpoint:
-        params["checkpoint"] = str(Path(checkpoint).resolve())
+        params["checkpoint"] = str(resolve_checkpoint(checkpoint).resolve())  # zoo names too
     if args.threads:
         params["threads"] = str(args.threads)
     for item in split_list(args.node_params):  # e.g. pipelined:=false, to compare node settings
@@ -136,55 +138,64 @@ def run(args: argparse.Namespace) -> dict:
     # Reliable publisher: matches the node's best-effort input; reliable outputs match our reliable subs.
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     pub = client.create_publisher(Image, image_topic, reliable)
-    subs = [client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name), reliable, raw=True)
-            for name in OUTPUTS]
+    subs = {name: client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name), reliable,
+                                             raw=True) for name in OUTPUTS}
+
+    def subscribe_only(names: tuple[str, ...]) -> None:
+        """Subscribe to exactly these outputs (the node computes only what someone subscribes to)."""
+        for name in set(subs) - set(names):
+            client.destroy_subscription(subs.pop(name))
+        for name in set(names) - set(subs):
+            subs[name] = client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name),
+                                                    reliable, raw=True)
+        _wait_ready(rclpy, client, pub, list(subs.values()), node_proc, args.startup_timeout)
+
     results = []
     try:
-        _wait_ready(rclpy, client, pub, subs, node_proc, args.startup_timeout)
+        _wait_ready(rclpy, client, pub, list(subs.values()), node_proc, args.startup_timeout)
         frame_id = 0
-        for size in parse_sizes(args.sizes) if "lockstep" in modes else []:
-            frames = synthetic_frames(8, *size)
-            node_t, bare_t, lost = [], [], 0
-            for k in range(args.warmup + args.frames):
-                frame = frames[k % len(frames)]
-                header = Header(frame_id="camera")
-                header.stamp.sec = STAMP_BASE + frame_id
-                msg = serialize_message(encode_image(frame, "rgb8", header))
-                t0 = time.perf_counter()
-                pub.publish(msg)
-                done = spin_until(rclpy, client, lambda fid=frame_id: all(fid in arrivals[n] for n in OUTPUTS),
-                                   args.timeout, node_proc)
-                if done:
-                    t_node = max(arrivals[n][frame_id] for n in OUTPUTS) - t0
-                else:
-                    lost += 1
-                t1 = time.perf_counter()
-                bare.segment(frame, OUTPUTS)
-                t_bare = time.perf_counter() - t1
-                if k >= args.warmup and done:
-                    node_t.append(t_node)
-                    bare_t.append(t_bare)
-                for n in OUTPUTS:
-                    arrivals[n].pop(frame_id, None)
-                frame_id += 1
-            row = {"mode": "lockstep", "frame_size": list(size), "frames": len(node_t), "lost": lost,
-                   "backend": bare.describe().get("backend"), "describe": bare.describe()}
-            if not node_t:
-                row["error"] = f"no frame came back from the node within {args.timeout} s"
-            else:
-                row["node_latency_ms"] = latency_stats(node_t)["latency_ms"]
-                row["bare_latency_ms"] = latency_stats(bare_t)["latency_ms"]
-                n50, b50 = row["node_latency_ms"]["p50"], row["bare_latency_ms"]["p50"]
-                row["overhead_ms"] = round(n50 - b50, 3)
-                row["overhead_ratio"] = round((n50 - b50) / b50, 4)
-                row["paired_overhead_ms_p50"] = round(float(np.median(np.subtract(node_t, bare_t))) * 1e3, 3)
-            results.append(row)
-            log.info("node %s: %s", size, row.get("error") or
-                     f"node p50 {row['node_latency_ms']['p50']:.2f} ms, bare p50 {row['bare_latency_ms']['p50']:.2f} "
-                     f"ms, overhead {100 * row['overhead_ratio']:.1f}%")
+        for which in split_list(args.lockstep_outputs) if "lockstep" in modes else []:
+            outputs = RATE_OUTPUTS[which]
+            subscribe_only(outputs)
+            labels_only = outputs == ("labels",)
+            for size in parse_sizes(args.sizes):
+                frames = synthetic_frames(8, *size)
+                node_t, bare_t, lost = [], [], 0
+                for k in range(args.warmup + args.frames):
+                    frame = frames[k % len(frames)]
+                    header = Header(frame_id="camera")
+                    header.stamp.sec = STAMP_BASE + frame_id
+                    msg = serialize_message(encode_image(frame, "rgb8", header))
+                    t0 = time.perf_counter()
+                    pub.publish(msg)
+                    done = spin_until(rclpy, client, lambda fid=frame_id, o=outputs: all(fid in arrivals[n] for n in o),
+                                      args.timeout, node_proc)
+                    if done:
+                        t_node = max(arrivals[n][frame_id] for n in outputs) - t0
+                    else:
+                        lost += 1
+                    t1 = time.perf_counter()
+                    if labels_only:
+                        bare.predict(frame)
+                    else:
+                        bare.segment(frame, outputs)
+                    t_bare = time.perf_counter() - t1
+                    if k >= args.warmup and done:
+                        node_t.append(t_node)
+                        bare_t.append(t_bare)
+                    for n in OUTPUTS:
+                        arrivals[n].pop(frame_id, None)
+                    frame_id += 1
+                row = {"mode": "lockstep", "outputs": which, "bare_call": "predict" if labels_only else "segment",
+                       "frame_size": list(size), "frames": len(node_t), "lost": lost,
+                       "backend": bare.describe().get("backend"), "describe": bare.describe()}
+                _lockstep_figures(row, node_t, bare_t, args.timeout)
+                results.append(row)
+                log.info("node %s %s: %s", which, size, row.get("error") or
+                         f"node p50 {row['node_latency_ms']['p50']:.2f} ms, bare p50 "
+                         f"{row['bare_latency_ms']['p50']:.2f} ms, overhead {100 * row['overhead_ratio']:.1f}%")
         if "rate" in modes:
-            for sub in subs:
-                client.destroy_subscription(sub)
+            subscribe_only(())
             results += _rate_rows(args, rclpy, client, pub, bare, node_proc, namespace)
     except RuntimeError as exc:
         results.append({"frame_size": None, "error": str(exc)})
@@ -193,6 +204,19 @@ def run(args: argparse.Namespace) -> dict:
         rclpy.try_shutdown()
         node_proc.stop(timeout=10.0)
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
+
+
+def _lockstep_figures(row: dict, node_t: list[float], bare_t: list[float], timeout: float) -> None:
+    """Latency statistics of a lock-step row, and the node's p50 over the bare call's."""
+    if not node_t:
+        row["error"] = f"no frame came back from the node within {timeout} s"
+        return
+    row["node_latency_ms"] = latency_stats(node_t)["latency_ms"]
+    row["bare_latency_ms"] = latency_stats(bare_t)["latency_ms"]
+    n50, b50 = row["node_latency_ms"]["p50"], row["bare_latency_ms"]["p50"]
+    row["overhead_ms"] = round(n50 - b50, 3)
+    row["overhead_ratio"] = round((n50 - b50) / b50, 4)
+    row["paired_overhead_ms_p50"] = round(float(np.median(np.subtract(node_t, bare_t))) * 1e3, 3)
 
 
 def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, namespace: str) -> list[dict]:
@@ -372,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--sizes", default="360x480,720x960", help="frame sizes HxW")
     frames.add_argument("--modes", default="lockstep,rate", help="lockstep (latency) and/or rate (throughput)")
     frames.add_argument("--frames", type=int, default=30, help="lockstep: timed frames per size")
+    frames.add_argument("--lockstep-outputs", default="labels,all",
+                        help="lockstep rows: labels (vs Segmenter.predict) and/or all five outputs (vs segment)")
     rate = n.add_argument_group("rate")
     rate.add_argument("--rate-outputs", default="labels,all",
                       help="rows: labels (vs Segmenter.predict) and/or all five outputs (vs Segmenter.segment)")

@@ -80,7 +80,12 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
 def resolve_checkpoint(given: str | None) -> Path:
     """--checkpoint, else the packaged default model (with a clear message while none is shipped)."""
     if given:
-        path = Path(given).expanduser()
+        from msseg_core.zoo import resolve_checkpoint as zoo_or_path
+
+        try:
+            path = zoo_or_path(given).expanduser()
+        except (ValueError, FileNotFoundError) as exc:
+            raise DemoError(str(exc)) from None
         if not path.is_file():
             raise DemoError(f"checkpoint not found: {path}")
         return path.resolve()

@@ -162,3 +162,15 @@ def test_montage_title_source_fits(source: str) -> None:
         assert short == source
     else:
         assert short.startswith(".../") and source.endswith(short[4:])
+
+
+def test_demo_takes_zoo_names_and_paths(tmp_path) -> None:
+    """`msseg-demo --checkpoint camvid_fast` runs the fast zoo model; a path still works; a missing one is
+    one clear error."""
+    from msseg_core.zoo import zoo_path
+    from msseg_ros.demo import DemoError, resolve_checkpoint
+
+    assert resolve_checkpoint("camvid_fast") == zoo_path("camvid_fast")
+    assert resolve_checkpoint(str(zoo_path("camvid"))) == zoo_path("camvid")
+    with pytest.raises(DemoError, match="not found"):
+        resolve_checkpoint(str(tmp_path / "missing.safetensors"))

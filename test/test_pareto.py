@@ -56,4 +56,17 @@ def test_pareto_scores_every_cpu_engine_and_marks_the_node_default(setup, tmp_pa
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pareto.to_markdown(report)
     assert sum("node default" in line for line in table) == 1
-    json.dumps(report)  # the report is plain JSON
+    saved = tmp_path / "pareto.json"
+    saved.write_text(json.dumps(report))  # the report is plain JSON
+
+    # Re-charting saved runs (e.g. made at different times) as one chart, checkpoints renamed; nothing measured.
+    merged_json, merged_png = tmp_path / "merged.json", tmp_path / "merged.png"
+    assert pareto.main(["--from-json", f"{saved},{saved}", "--rename", f"{ckpt}=tiny model", "--chart",
+                        str(merged_png), "--json", str(merged_json)]) == 0
+    merged = json.loads(merged_json.read_text())
+    assert len(merged["results"]) == 2 * len(rows) and merged["default"] is None
+    assert {r["checkpoint"] for r in merged["results"]} == {"tiny model"}
+    assert [r["miou"] for r in merged["results"]] == [r["miou"] for r in rows] * 2
+    assert merged_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="--from-json"):
+        pareto.main(["--from-json", str(tmp_path / "missing.json")])
