@@ -91,11 +91,11 @@ def zoo_tiers_figure(path: str | Path, models: tuple[str, ...] = ("camvid", "cam
     def small(img: np.ndarray, nearest: bool = True) -> np.ndarray:
         return cv2.resize(img, shown, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
+    palette = next(iter(segmenters.values())).palette  # the zoo shares CamVid's classes and colours
     gap = np.full((24 + shown[1], 6, 3), 255, np.uint8)
     rows = []
     for seed in seeds:
         rgb, labels = synthetic.render_scene(seed, w, h)
-        palette = next(iter(segmenters.values())).palette
         truth = palette[np.minimum(labels, len(palette) - 1)]
         truth[labels >= len(palette)] = 0
         panels = [label(small(rgb, nearest=False), f"synthetic street, seed {seed}"),

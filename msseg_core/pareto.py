@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     configs = [tuple(c.split(":")) for c in split_list(args.configs)] or [
         c for c in (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS) if c[0] in installed]
     checkpoints = split_list(args.checkpoints)
-    results, dataset = [], None
+    results, dataset, frames = [], None, []
     for ckpt in checkpoints:
         reference = None
         for backend, precision in configs:
@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> dict:
                 seg = Segmenter.from_checkpoint(ckpt, device=str(device), precision=precision, backend=backend,
                                                 threads=threads, cache_dir=args.cache_dir)
                 row["init_s"] = round(time.perf_counter() - t0, 3)
-                dataset = dataset or build_dataset(seg.meta.dataset or "camvid", args.data_root, args.split)
-                frames = [np.asarray(dataset[i][0]) for i in range(len(dataset))]
+                if dataset is None:  # read once: every configuration is timed on the same frames
+                    dataset = build_dataset(seg.meta.dataset or "camvid", args.data_root, args.split)
+                    frames = [np.asarray(dataset[i][0]) for i in range(len(dataset))]
                 cm = evaluate_split(seg, dataset)
                 row.update(model=seg.meta.model, model_args=seg.meta.model_args, input_size=list(seg.input_size),
                            miou=round(float(cm.miou), 5), per_class_iou=dict(zip(

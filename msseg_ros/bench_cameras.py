@@ -17,9 +17,8 @@ from msseg_core import bench
 from msseg_core.bench import parse_sizes, split_list, synthetic_frames
 from msseg_core.inference import Segmenter
 from msseg_core.io import write_text_atomic
-from msseg_core.zoo import resolve_checkpoint
 from msseg_ros import topics
-from msseg_ros.bench_node import NS, STAMP_BASE, bare_phase, spin_until, thread_cpu_seconds
+from msseg_ros.bench_node import NS, STAMP_BASE, bare_phase, node_params, spin_until, thread_cpu_seconds
 from msseg_ros.cdr import cdr_stamp, set_cdr_stamp
 from msseg_ros.graph import NodeProcess, ros_arguments
 
@@ -77,22 +76,10 @@ def run_cameras(args: argparse.Namespace) -> dict:
     return {"kind": "node_cameras", "describe": bare.describe(), "results": results}
 
 
-def _node_params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {"device": args.device, "backend": args.backend, "precision": args.precision}
-    if args.checkpoint:
-        params["checkpoint"] = str(resolve_checkpoint(args.checkpoint).resolve())  # zoo names too
-    if args.threads:
-        params["threads"] = args.threads
-    for item in split_list(args.node_params):
-        key, _, value = item.partition(":=")
-        params[key.strip()] = value.strip()
-    return params
-
-
 def _start(args: argparse.Namespace, n: int) -> dict[str, Setup]:
     base = f"/msseg_bench_cams_{os.getpid()}_{n}"
     env = {"MSSEG_CACHE_DIR": str(args.cache_dir)} if args.cache_dir else None
-    params, names = _node_params(args), [f"cam{i}" for i in range(n)]
+    params, names = node_params(args), [f"cam{i}" for i in range(n)]
     one = NodeProcess("segmentation_node", ros_arguments(f"{base}_one", params={**params, "cameras": names}), env=env)
     separate = [NodeProcess("segmentation_node", ros_arguments(f"{base}_sep{i}", params=params), env=env)
                 for i in range(n)]

@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -112,14 +112,7 @@ def run(args: argparse.Namespace) -> dict:
 
     checkpoint = args.checkpoint or ""
     namespace = f"/msseg_bench_{os.getpid()}"
-    params = {"device": args.device, "backend": args.backend, "precision": args.precision}
-    if checkpoint:
-        params["checkpoint"] = str(resolve_checkpoint(checkpoint).resolve())  # zoo names too
-    if args.threads:
-        params["threads"] = str(args.threads)
-    for item in split_list(args.node_params):  # e.g. pipelined:=false, to compare node settings
-        key, _, value = item.partition(":=")
-        params[key.strip()] = value.strip()
+    params = node_params(args)
     bare = Segmenter.from_checkpoint(checkpoint or None, device=args.device, precision=args.precision,
                                      backend=args.backend, threads=args.threads or None, cache_dir=args.cache_dir)
     image_topic = topics.in_namespace(namespace, topics.IMAGE)
@@ -204,6 +197,21 @@ def run(args: argparse.Namespace) -> dict:
         rclpy.try_shutdown()
         node_proc.stop(timeout=10.0)
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
+
+
+def node_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The node's parameters for the bench's options: the bare Segmenter's settings (a zoo name becomes
+    its packaged file's absolute path, which the child process resolves the same way), then
+    --node-params (e.g. pipelined:=false, to compare node settings)."""
+    params: dict[str, Any] = {"device": args.device, "backend": args.backend, "precision": args.precision}
+    if args.checkpoint:
+        params["checkpoint"] = str(resolve_checkpoint(args.checkpoint).resolve())
+    if args.threads:
+        params["threads"] = args.threads
+    for item in split_list(args.node_params):
+        key, _, value = item.partition(":=")
+        params[key.strip()] = value.strip()
+    return params
 
 
 def _lockstep_figures(row: dict, node_t: list[float], bare_t: list[float], timeout: float) -> None:
