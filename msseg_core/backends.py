@@ -189,6 +189,13 @@ class TorchBackend:
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._graph_failed: set[tuple[int, ...]] = set()
 
+    def replica(self) -> TorchBackend:
+        """The same module for another thread (eager forward passes may run concurrently); CUDA graphs,
+        whose static buffers are per caller, are captured again per replica."""
+        twin = copy.copy(self)
+        twin._graphs, twin._graph_failed = {}, set()
+        return twin
+
     @staticmethod
     def _fold_checked(model: nn.Module, input_size: Sequence[int] | None) -> tuple[nn.Module, int]:
         """Fold BN into a copy, keep it only if its logits match the original's on a random input."""
@@ -330,6 +337,13 @@ class OrtBackend:
         self.active_providers = self.session.get_providers()
         self._binding = self.session.io_binding()
         self._out: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def replica(self) -> OrtBackend:
+        """The same session for another thread (ORT runs concurrent calls of one session) with its own
+        I/O binding and output buffer."""
+        twin = copy.copy(self)
+        twin._binding, twin._out = self.session.io_binding(), {}
+        return twin
 
     @property
     def input_size(self) -> tuple[int, int] | None:

@@ -503,21 +503,25 @@ def to_markdown(report: dict) -> str:
         rows = [r for r in rows if r.get("mode") != "rate"]
         if rows:
             lines += ["| outputs | frame | frames | node p50 ms | node p99 ms | bare p50 ms | bare p99 ms "
-                      "| overhead ms (p50) | overhead / bare | backend |", "|" + "---|" * 10]
+                      "| overhead ms (p50) | overhead / bare | transport floor p50 ms | beyond the floor / bare "
+                      "| backend |", "|" + "---|" * 12]
         for r in rows:
             frame = "x".join(map(str, r["frame_size"] or ["?"]))
             if "error" in r:
-                lines.append(error_row([r.get("outputs", "-"), frame], r["error"], 10, error_at=8))
+                lines.append(error_row([r.get("outputs", "-"), frame], r["error"], 12, error_at=8))
                 continue
             n, b = r["node_latency_ms"], r["bare_latency_ms"]
+            floor = r.get("transport_floor_ms")  # absent in reports from before the floor was measured
+            floor_cells = (f"{floor['p50']:.2f} | {100 * r['overhead_beyond_transport_ratio']:.1f}%" if floor
+                           else "- | -")
             lines.append(f"| {r.get('outputs', 'all')} ({r.get('bare_call', 'segment')}) | {frame} | {r['frames']} "
                          f"| {n['p50']:.2f} | {n['p99']:.2f} | {b['p50']:.2f} "
                          f"| {b['p99']:.2f} | {r['overhead_ms']:.2f} | {100 * r['overhead_ratio']:.1f}% "
-                         f"| {r.get('backend', '')} |")
+                         f"| {floor_cells} | {r.get('backend', '')} |")
         if rate_rows:
             lines += ["", "| outputs | frame | bare call | bare rate Hz | bare pipelined Hz | node rate Hz | fed Hz "
                       "| node frames | overhead (1 - node / bare) | vs bare pipelined | node CPU ms/frame "
-                      "(worker / publisher / other) | feeder CPU ms/frame |", "|" + "---|" * 12]
+                      "(input / worker / publisher / other) | feeder CPU ms/frame |", "|" + "---|" * 12]
         for r in rate_rows:
             lines.append(f"| {r['outputs']} | {'x'.join(map(str, r['frame_size']))} | {r['bare_call']} "
                          f"| {r['bare_rate_hz']:.1f} | {r['bare_pipelined_rate_hz']:.1f} | {r['node_rate_hz']:.1f} "
@@ -530,8 +534,8 @@ def to_markdown(report: dict) -> str:
 def _cpu_cell(cpu: dict[str, float]) -> str:
     if not cpu:
         return "-"
-    return (f"{cpu['total']:.1f} ({cpu['msseg_worker']:.1f} / {cpu['msseg_publisher']:.1f} / "
-            f"{cpu['other']:.1f})")
+    return (f"{cpu['total']:.1f} ({cpu.get('msseg_input', 0.0):.1f} / {cpu['msseg_worker']:.1f} / "
+            f"{cpu['msseg_publisher']:.1f} / {cpu['other']:.1f})")
 
 
 def _fmt(v) -> str:

@@ -117,6 +117,7 @@ class EngineRequest:
     openvino_device: str = "CPU"
     probe: Callable[[], torch.Tensor] | None = None  # a realistic normalised input for the checks
     digest: str | None = None  # the checkpoint's content hash (cache keys)
+    streams: int = 1  # frames in flight at once (Segmenter.replica); OpenVINO compiles that many streams
 
 
 class EngineFactory:
@@ -157,7 +158,8 @@ class EngineFactory:
             from msseg_core.openvino_backend import OpenVinoBackend
 
             net = OpenVinoBackend(path, threads=req.threads, precision=req.precision, cache_dir=req.cache_dir,
-                                  device_name=req.openvino_device, source_digest=self._digest())
+                                  device_name=req.openvino_device, source_digest=self._digest(),
+                                  streams=req.streams)
         else:
             from msseg_core.tensorrt_backend import TensorRTBackend
 

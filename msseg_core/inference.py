@@ -34,6 +34,7 @@ agrees with PyTorch (cached; `engines.py` has the rule, BENCHMARKS.md the measur
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -174,13 +175,16 @@ class Segmenter:
         instead of exporting one.
       cache_dir: where ONNX exports, compiled engines and the 'auto' decision are cached.
       openvino_device: the OpenVINO device ('CPU', or 'GPU' for an Intel GPU).
+      streams: how many frames may run through the network at the same time, each in its own thread
+        through its own `replica()` (e.g. one per camera); OpenVINO compiles that many streams of
+        `threads` threads each. Other engines run concurrent calls on the calling threads.
     """
 
     def __init__(self, model: nn.Module | None, meta: CheckpointMeta, device: str = "auto",
                  precision: str = "fp32", input_size: Sequence[int] | None = None, *, backend: str = "auto",
                  threads: int | None = None, channels_last: bool | None = None, fuse: bool = True,
                  compile: bool = False, cuda_graphs: bool = False, onnx_path: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None, openvino_device: str = "CPU"):
+                 cache_dir: str | os.PathLike | None = None, openvino_device: str = "CPU", streams: int = 1):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if backend not in BACKENDS:
@@ -201,6 +205,9 @@ class Segmenter:
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = int(threads) if threads else default_threads()
+        if int(streams) < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        self.streams = int(streams)
         if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)  # process-wide: PyTorch has one intra-op pool
         self._options = dict(channels_last=channels_last, fuse=fuse, compile=compile, cuda_graphs=cuda_graphs)
@@ -217,7 +224,7 @@ class Segmenter:
             threads=self.threads, torch_options=self._options,
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
             onnx_path=Path(onnx_path) if onnx_path else None, openvino_device=openvino_device,
-            probe=self._probe_input))
+            probe=self._probe_input, streams=self.streams))
         self.net = self.engines.create(backend)
         self.onnx_path = self.engines.onnx_path
         self.backend_timings: dict[str, float] = self.engines.timings
@@ -306,11 +313,24 @@ class Segmenter:
             self._road_lut = lut
             self._road_lut_np = lut[:256].cpu().numpy()
 
+    def replica(self) -> Segmenter:
+        """Another handle on the same model for one more concurrent stream (see `streams`): it shares
+        the weights, the engine's compiled model or session and every setting, and has its own buffers,
+        locks and engine request, so one thread per replica can run frames at the same time. Road
+        classes are per handle: set them on each."""
+        twin = copy.copy(self)
+        twin.net = self.net.replica()
+        twin._bufs, twin._post_bufs = _Buffers(), _Buffers()
+        twin._lock, twin._post_lock = threading.Lock(), threading.Lock()
+        twin._h2d_done = None
+        return twin
+
     def describe(self) -> dict:
         """What runs: backend, providers, precision, threads, options and, with backend 'auto', the
         decision (`auto`: choice, median forward ms per engine, label agreement, skipped engines)."""
         info = {"model": self.meta.model, "backend": self.backend, "device": str(self.device),
-                "precision": self.precision, "input_size": list(self.input_size), "threads": self.threads}
+                "precision": self.precision, "input_size": list(self.input_size), "threads": self.threads,
+                "streams": self.streams}
         if isinstance(self.net, TorchBackend):
             info.update(self._options, channels_last=self.net.channels_last, bn_folded=self.net.folded)
         elif isinstance(self.net, OrtBackend):

@@ -10,6 +10,7 @@ the CPU and the compile options (see `engine_cache` for why a cached blob is ver
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
@@ -38,9 +39,11 @@ def openvino_version() -> str | None:
     return ov.get_version()
 
 
-def compile_config(device_name: str, threads: int, precision: str) -> dict:
-    """Compile options: one stream, latency hint, `threads` workers, exact float where it matters."""
-    config: dict = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+def compile_config(device_name: str, threads: int, precision: str, streams: int = 1) -> dict:
+    """Compile options: `streams` streams (one per frame in flight; 1 for a single camera), latency
+    hint, `threads` workers per stream, exact float where it matters."""
+    config: dict = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": int(streams)}
+    threads *= int(streams)
     if device_name.upper().startswith("CPU"):
         # On CPUs with AMX or AVX512-BF16 OpenVINO silently runs fp32 models in bf16; fp32 must mean fp32
         # (labels must agree with PyTorch's), and INT8 keeps its non-quantised layers in fp32 too.
@@ -65,7 +68,7 @@ class OpenVinoBackend:
 
     def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None, precision: str = "fp32",
                  cache_dir: str | os.PathLike | None = None, device_name: str = "CPU",
-                 source_digest: str | None = None):
+                 source_digest: str | None = None, streams: int = 1):
         try:
             import openvino as ov
         except ImportError:
@@ -81,7 +84,7 @@ class OpenVinoBackend:
         if device_name.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
             raise EngineUnavailable(f"backend openvino: device {device_name} not found "
                                     f"(available: {', '.join(core.available_devices)})")
-        config = compile_config(device_name, self.threads, precision)
+        config = compile_config(device_name, self.threads, precision, streams)
         model = core.read_model(str(self.path))
         shape = model.input(0).get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else None for d in shape]
@@ -102,6 +105,13 @@ class OpenVinoBackend:
         self.compiled, self.built = load_or_build(directory / "openvino", self.path.stem, self.key, build, load)
         self._request = self.compiled.create_infer_request()
         self.static_batch = self.input_shape[0]
+
+    def replica(self) -> OpenVinoBackend:
+        """The same compiled model for another thread, with its own infer request (requests run at the
+        same time on the compiled model's streams)."""
+        twin = copy.copy(self)
+        twin._request = self.compiled.create_infer_request()
+        return twin
 
     def _run_one(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to("cpu", torch.float32).contiguous()

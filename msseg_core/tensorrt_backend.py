@@ -17,6 +17,7 @@ enqueues the engine directly, which is the same computation without the graph.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -131,6 +132,18 @@ class TensorRTBackend:
         self.engine, self.built = load_or_build(directory / "tensorrt", self.path.stem, key,
                                                 lambda: build_engine(trt, self.path), load)
         self.key = key
+        self._trt, self._cuda_graphs = trt, cuda_graphs
+        self._open_context()
+
+    def replica(self) -> TensorRTBackend:
+        """The same engine for another thread: its own execution context, buffers, CUDA stream and graph."""
+        twin = copy.copy(self)
+        twin._open_context()
+        return twin
+
+    def _open_context(self) -> None:
+        """An execution context with its own input/output buffers and stream, warmed up (and captured)."""
+        trt = self._trt
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -156,7 +169,7 @@ class TensorRTBackend:
         for _ in range(WARMUP_CALLS):  # first calls pick tactics and allocate: keep them out of frame 1
             self._enqueue()
         self._stream.synchronize()
-        self.cuda_graphs = bool(cuda_graphs) and self._capture()
+        self.cuda_graphs = bool(self._cuda_graphs) and self._capture()
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self._stream.cuda_stream):

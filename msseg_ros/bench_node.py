@@ -15,6 +15,11 @@ lockstep  latency. This process publishes one frame, waits until all five output
           Interleaving the two per frame keeps slow drifts of machine load out of the ratio.
           node latency = last output received - frame published;
           overhead = median(node) - median(bare);  overhead_ratio = overhead / median(bare).
+          Transport floor: each frame also makes a round trip through `transport_echo` (a node that
+          takes frames as the segmentation node does and answers at once on the same outputs, same
+          sizes and encodings): what DDS and rclpy cost for the frame in and the outputs out, which any
+          node pays;
+          overhead_beyond_transport = median(node) - median(bare) - median(floor).
 rate      throughput, what a camera faster than the model gets. Phases of `--phase-seconds` alternate:
           the bare Segmenter back to back (`predict` for the labels alone, `segment` for all five
           outputs); the bare Segmenter as the pipelined node runs it (one thread `run_network`,
@@ -70,8 +75,9 @@ RATE_OUTPUTS = {"labels": ("labels",), "all": OUTPUTS}  # what the client subscr
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """User + system CPU seconds of a process so far, in all ("total") and per named thread
-    (msseg_worker, msseg_publisher; the rest under "other"). Linux /proc; {} elsewhere."""
-    out = {"total": 0.0, "msseg_worker": 0.0, "msseg_publisher": 0.0, "other": 0.0}
+    (msseg_input, msseg_worker (every stream's), msseg_publisher; the rest under "other"). Linux /proc;
+    {} elsewhere."""
+    out = {"total": 0.0, "msseg_input": 0.0, "msseg_worker": 0.0, "msseg_publisher": 0.0, "other": 0.0}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
@@ -84,6 +90,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
             continue
         secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         out["total"] += secs
+        name = name.rstrip("0123456789") if name.startswith("msseg_worker") else name
         out[name if name in out else "other"] += secs
     return out
 
@@ -143,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
                                                     reliable, raw=True)
         _wait_ready(rclpy, client, pub, list(subs.values()), node_proc, args.startup_timeout)
 
+    echo = Echo(rclpy, client, f"{namespace}_echo", reliable) if "lockstep" in modes else None
     results = []
     try:
         _wait_ready(rclpy, client, pub, list(subs.values()), node_proc, args.startup_timeout)
@@ -150,10 +158,11 @@ def run(args: argparse.Namespace) -> dict:
         for which in split_list(args.lockstep_outputs) if "lockstep" in modes else []:
             outputs = RATE_OUTPUTS[which]
             subscribe_only(outputs)
+            echo.subscribe_only(outputs, args.startup_timeout)
             labels_only = outputs == ("labels",)
             for size in parse_sizes(args.sizes):
                 frames = synthetic_frames(8, *size)
-                node_t, bare_t, lost = [], [], 0
+                node_t, bare_t, floor_t, lost = [], [], [], 0
                 for k in range(args.warmup + args.frames):
                     frame = frames[k % len(frames)]
                     header = Header(frame_id="camera")
@@ -173,16 +182,18 @@ def run(args: argparse.Namespace) -> dict:
                     else:
                         bare.segment(frame, outputs)
                     t_bare = time.perf_counter() - t1
-                    if k >= args.warmup and done:
+                    t_floor = echo.round_trip(msg, frame_id, args.timeout)
+                    if k >= args.warmup and done and t_floor is not None:
                         node_t.append(t_node)
                         bare_t.append(t_bare)
+                        floor_t.append(t_floor)
                     for n in OUTPUTS:
                         arrivals[n].pop(frame_id, None)
                     frame_id += 1
                 row = {"mode": "lockstep", "outputs": which, "bare_call": "predict" if labels_only else "segment",
                        "frame_size": list(size), "frames": len(node_t), "lost": lost,
                        "backend": bare.describe().get("backend"), "describe": bare.describe()}
-                _lockstep_figures(row, node_t, bare_t, args.timeout)
+                _lockstep_figures(row, node_t, bare_t, floor_t, args.timeout)
                 results.append(row)
                 log.info("node %s %s: %s", which, size, row.get("error") or
                          f"node p50 {row['node_latency_ms']['p50']:.2f} ms, bare p50 "
@@ -196,6 +207,8 @@ def run(args: argparse.Namespace) -> dict:
         client.destroy_node()
         rclpy.try_shutdown()
         node_proc.stop(timeout=10.0)
+        if echo is not None:
+            echo.proc.stop(timeout=10.0)
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
 
 
@@ -214,8 +227,47 @@ def node_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _lockstep_figures(row: dict, node_t: list[float], bare_t: list[float], timeout: float) -> None:
-    """Latency statistics of a lock-step row, and the node's p50 over the bare call's."""
+class Echo:
+    """The transport floor (module docstring): a `transport_echo` process and this client's ends of it."""
+
+    def __init__(self, rclpy, client, namespace: str, qos) -> None:
+        from sensor_msgs.msg import Image
+
+        from msseg_ros.graph import NodeProcess, ros_arguments
+
+        self.rclpy, self.client, self.qos, self.namespace = rclpy, client, qos, namespace
+        self.arrivals: dict[str, dict[int, float]] = {name: {} for name in OUTPUTS}
+        self.proc = NodeProcess("transport_echo", ros_arguments(namespace))
+        self.pub = client.create_publisher(Image, topics.in_namespace(namespace, topics.IMAGE), qos)
+        self.subs: dict[str, Any] = {}
+
+    def subscribe_only(self, names: tuple[str, ...], timeout: float) -> None:
+        """The outputs the segmentation node is asked for, so that the echo answers the same ones."""
+        from sensor_msgs.msg import Image
+
+        for name in set(self.subs) - set(names):
+            self.client.destroy_subscription(self.subs.pop(name))
+        for name in set(names) - set(self.subs):
+            self.subs[name] = self.client.create_subscription(
+                Image, topics.in_namespace(self.namespace, name),
+                lambda data, name=name: self.arrivals[name].__setitem__(cdr_stamp(data) // NS - STAMP_BASE,
+                                                                        time.perf_counter()),
+                self.qos, raw=True)
+        _wait_ready(self.rclpy, self.client, self.pub, list(self.subs.values()), self.proc, timeout)
+
+    def round_trip(self, msg: bytes, frame_id: int, timeout: float) -> float | None:
+        """Seconds from publishing this serialized frame to its last answer (None: not all within the timeout)."""
+        t0 = time.perf_counter()
+        self.pub.publish(msg)
+        if not spin_until(self.rclpy, self.client, lambda: all(frame_id in self.arrivals[n] for n in self.subs),
+                          timeout, self.proc):
+            return None
+        return max(self.arrivals[n].pop(frame_id) for n in self.subs) - t0
+
+
+def _lockstep_figures(row: dict, node_t: list[float], bare_t: list[float], floor_t: list[float],
+                      timeout: float) -> None:
+    """Latency statistics of a lock-step row, the node's p50 over the bare call's, and the transport floor."""
     if not node_t:
         row["error"] = f"no frame came back from the node within {timeout} s"
         return
@@ -225,6 +277,10 @@ def _lockstep_figures(row: dict, node_t: list[float], bare_t: list[float], timeo
     row["overhead_ms"] = round(n50 - b50, 3)
     row["overhead_ratio"] = round((n50 - b50) / b50, 4)
     row["paired_overhead_ms_p50"] = round(float(np.median(np.subtract(node_t, bare_t))) * 1e3, 3)
+    row["transport_floor_ms"] = latency_stats(floor_t)["latency_ms"]
+    beyond = n50 - b50 - row["transport_floor_ms"]["p50"]
+    row["overhead_beyond_transport_ms"] = round(beyond, 3)
+    row["overhead_beyond_transport_ratio"] = round(beyond / b50, 4)
 
 
 def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, namespace: str) -> list[dict]:

@@ -34,7 +34,8 @@ from rclpy.signals import SignalHandlerOptions
 PACKAGE = "msseg_ros"
 EXIT_CONFIG_ERROR = 2
 SCRIPT_MODULES = {"segmentation_node": "msseg_ros.segmentation_node", "synthetic_camera": "msseg_ros.synthetic_camera",
-                  "evaluator_node": "msseg_ros.evaluator_node", "msseg-bag": "msseg_ros.bag"}
+                  "evaluator_node": "msseg_ros.evaluator_node", "msseg-bag": "msseg_ros.bag",
+                  "transport_echo": "msseg_ros.transport_echo"}  # the last: msseg-bench's only, no console script
 """Console script -> module, for `python -m` where the script is not installed next to the interpreter."""
 
 

@@ -69,6 +69,8 @@ def engine_facts(describe: dict[str, Any]) -> dict[str, str]:
             facts["auto reason"] = str(auto["reason"])
         if auto.get("skipped"):
             facts["auto skipped"] = ", ".join(sorted(auto["skipped"]))
+    if int(describe.get("streams", 1)) > 1:
+        facts["streams"] = str(describe["streams"])
     if "engine_cache" in describe:
         facts["engine cache"] = str(describe["engine_cache"])
     if "cuda_graphs" in describe:

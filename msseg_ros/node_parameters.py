@@ -22,8 +22,10 @@ from rclpy.exceptions import (
 )
 from rclpy.parameter import Parameter
 
-from msseg_core.checkpoint import CheckpointError, CheckpointMeta, default_checkpoint, load_meta
+from msseg_core.backends import default_threads
+from msseg_core.checkpoint import CheckpointError, CheckpointMeta, load_meta
 from msseg_core.inference import BACKENDS, PRECISIONS, resolve_device
+from msseg_core.zoo import resolve_checkpoint
 from msseg_ros.cameras import check_camera_names, stray_camera_parameter
 from msseg_ros.graph import one_line
 from msseg_ros.image_codec import DEFAULT_MAX_PIXELS
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
 TRANSPORTS = ("raw", "compressed")
 STARTUP_PARAMETERS = ("checkpoint", "device", "precision", "backend", "threads", "input_width", "input_height",
-                      "input_transport", "max_input_pixels", "pipelined", "cameras", "max_batch")
+                      "input_transport", "max_input_pixels", "pipelined", "cameras", "max_batch",
+                      "streams")
 """Read on configure; they can be changed only while the node is unconfigured."""
 _STARTUP = " Start-up: changeable only while the node is unconfigured."
 
@@ -104,6 +107,11 @@ def declare_node_parameters(node: Any) -> None:
     declare(node, "max_batch", 0, descriptor(
         "Most frames (one per camera) in one forward pass; 0 = one from every camera with a frame pending."
         + _STARTUP, p.INTEGER, integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)]))
+    declare(node, "streams", 0, descriptor(
+        "Frames in the network at the same time, each in its own worker thread with `threads` threads, one model "
+        "in memory (several cameras keep several cores busy); 0 = one per camera, at most usable cores / threads "
+        "(1 for one camera, with threads 0, or on CUDA)." + _STARTUP, p.INTEGER,
+        integer_range=[IntegerRange(from_value=0, to_value=64, step=1)]))
     declare(node, "autostart", True, descriptor(
         "Configure and activate at start-up; false = wait for a lifecycle manager", p.BOOL, read_only=True))
     seconds = [FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)]
@@ -155,6 +163,7 @@ class StartupSettings:
     max_input_pixels: int
     max_batch: int
     pipelined: bool
+    streams: int  # resolved: >= 1
 
 
 def read_startup(node: Any, parameter_names: Sequence[str]) -> StartupSettings:
@@ -178,14 +187,23 @@ def read_startup(node: Any, parameter_names: Sequence[str]) -> StartupSettings:
     except ValueError as exc:
         raise ConfigError(f"parameter device: {one_line(exc)}") from None
     try:
-        path = get("checkpoint") or str(default_checkpoint())
+        path = str(resolve_checkpoint(get("checkpoint") or None))  # a zoo name, a path, or '' for the default
         meta = load_meta(path) if not path.lower().endswith(".onnx") else _load_onnx_meta(path)
-    except CheckpointError as exc:
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"parameter checkpoint: {one_line(exc)}") from None
     width, height = get("input_width"), get("input_height")
     input_size = (height or meta.input_size[0], width or meta.input_size[1]) if width or height else None
+    streams = get("streams") or auto_streams(len(cameras), get("threads"), device.type)
     return StartupSettings(path, meta, device, precision, backend, transport, cameras, input_size, get("threads"),
-                           get("max_input_pixels"), get("max_batch"), bool(get("pipelined")))
+                           get("max_input_pixels"), get("max_batch"), bool(get("pipelined")), streams)
+
+
+def auto_streams(cameras: int, threads: int, device_type: str) -> int:
+    """streams 0: one per camera, as many as the usable cores hold at `threads` each; 1 for a single
+    camera, for threads 0 (one stream already takes every core) and on CUDA (one GPU, one stream)."""
+    if cameras <= 1 or threads <= 0 or device_type != "cpu":
+        return 1
+    return max(1, min(cameras, default_threads() // threads))
 
 
 def _load_onnx_meta(path: str) -> CheckpointMeta:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -28,13 +28,15 @@ LATENCY_WINDOW = 200  # frames in the latency mean / p99
 
 class CameraMailboxes(Generic[T]):
     """One latest-frame slot per camera under one lock. put() replaces what is pending for that camera
-    (the caller counts it as dropped); take() hands the worker the pending frames of up to `limit`
+    (the caller counts it as dropped); take() hands a worker the pending frames of up to `limit`
     cameras at once, starting after the camera that came first last time (round robin), so under
-    overload every camera gets its turn and none starves."""
+    overload every camera gets its turn and none starves. A camera taken is in flight until release():
+    no other worker gets its next frame before then, so each camera's outputs keep their order."""
 
     def __init__(self, cameras: int) -> None:
         self._cond = threading.Condition()
         self._slots: list[T | None] = [None] * cameras
+        self._in_flight = [False] * cameras
         self._next = 0  # the camera that goes first in the next take()
         self._closed = False
 
@@ -50,20 +52,33 @@ class CameraMailboxes(Generic[T]):
         """(camera, item) for up to `limit` cameras with a pending item (0 = all), in round-robin order;
         [] after the timeout or once closed."""
         with self._cond:
-            if not self._closed and all(item is None for item in self._slots):
+            if not self._closed and not self._ready():
                 self._cond.wait(timeout)
             n, taken = len(self._slots), []
             for k in range(n):
                 camera = (self._next + k) % n
                 item = self._slots[camera]
-                if item is not None:
+                if item is not None and not self._in_flight[camera]:
                     taken.append((camera, item))
                     self._slots[camera] = None
+                    self._in_flight[camera] = True
                     if len(taken) == limit:
                         break
             if taken:
                 self._next = (taken[-1][0] + 1) % n
             return taken
+
+    def _ready(self) -> bool:
+        return any(item is not None and not busy for item, busy in zip(self._slots, self._in_flight, strict=True))
+
+    def release(self, cameras: Iterable[int]) -> None:
+        """These cameras' taken frames are done (published, handed on in order, or lost): their next
+        frames may be taken."""
+        with self._cond:
+            for camera in cameras:
+                self._in_flight[camera] = False
+            if self._ready():
+                self._cond.notify()
 
     def drain(self) -> list[tuple[int, T]]:
         """Remove and return every pending item (e.g. frames that arrived just before a deactivation)."""
@@ -207,6 +222,7 @@ class InferredFrame:
     grid_wanted: bool
     received_at: float
     network_s: float  # the network's time for the batch this frame ran in
+    stream: int = 0  # the worker (and Segmenter replica) that ran it: its postprocess runs on the same
 
 
 def name_os_thread() -> None:
@@ -221,40 +237,52 @@ def name_os_thread() -> None:
 
 
 class FrameThreads:
-    """The worker thread (mailboxes -> `infer` -> hand-over) and, pipelined, the publisher thread
-    (`publish` each frame), from activation to deactivation. A frame that fails in `publish` is given
-    to `failed(camera, exc)` and lost alone: neither thread ever dies of a frame. A frame inferred but
-    not published when the threads stop is given to `dropped(camera)`: every frame is accounted for."""
+    """The worker threads (mailboxes -> `infer` -> publish) from activation to deactivation.
 
-    def __init__(self, mailboxes: CameraMailboxes, infer: Callable[[list], list[InferredFrame]],
+    One stream (`streams` 1): one worker runs the network and, pipelined, hands each frame to a
+    publisher thread (`publish`) so that frame N is post-processed while the network runs on N+1.
+    Several streams: as many workers, each with its own Segmenter replica (`infer(stream, items)`),
+    each publishing its own frames; a camera is in flight in one worker at a time (CameraMailboxes),
+    so each camera's outputs keep their order while the workers overlap one another.
+
+    A frame that fails in `publish` is given to `failed(camera, exc)` and lost alone: no thread ever
+    dies of a frame. A frame inferred but not published when the threads stop is given to
+    `dropped(camera)`: every frame is accounted for."""
+
+    def __init__(self, mailboxes: CameraMailboxes, infer: Callable[[int, list], list[InferredFrame]],
                  publish: Callable[[InferredFrame], None], failed: Callable[[Any, Exception], None],
                  dropped: Callable[[Any], None], running: Callable[[], bool], pipelined: bool,
-                 max_batch: int) -> None:
+                 max_batch: int, streams: int = 1) -> None:
         self._mailboxes, self._infer, self._publish, self._failed = mailboxes, infer, publish, failed
         self._dropped = dropped
-        self._running, self.pipelined, self._max_batch = running, pipelined, max_batch
+        self._running, self._max_batch = running, max_batch
+        self.pipelined = pipelined and streams == 1
         self._stop = threading.Event()
         self._outbox: Handover[InferredFrame] = Handover(self._stop)  # worker -> publisher
-        self.worker = threading.Thread(target=self._worker_loop, name="msseg_worker", daemon=True)
+        self.workers = [threading.Thread(target=self._worker_loop, args=(k,), daemon=True,
+                                         name="msseg_worker" if streams == 1 else f"msseg_worker{k}")
+                        for k in range(streams)]
         self.publisher = threading.Thread(target=self._publisher_loop, name="msseg_publisher", daemon=True) \
-            if pipelined else None
+            if self.pipelined else None
+
+    def _threads(self) -> list[threading.Thread]:
+        return [*self.workers, *([self.publisher] if self.publisher is not None else [])]
 
     def start(self) -> None:
-        for thread in (self.worker, self.publisher):
-            if thread is not None:
-                thread.start()
+        for thread in self._threads():
+            thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask both threads to stop and wait until they finished the frame in hand."""
+        """Ask every thread to stop and wait until each finished the frame in hand."""
         self._stop.set()
-        for thread in (self.worker, self.publisher):
-            if thread is not None and thread.ident is not None and thread is not threading.current_thread():
+        for thread in self._threads():
+            if thread.ident is not None and thread is not threading.current_thread():
                 thread.join(timeout)
         while (frame := self._outbox.take(timeout=0)) is not None:  # handed over, never published
             self._dropped(frame.camera)
 
     def alive(self) -> bool:
-        return all(t.is_alive() for t in (self.worker, self.publisher) if t is not None)
+        return all(t.is_alive() for t in self._threads())
 
     def _publish_one(self, frame: InferredFrame) -> bool:
         """Publish one frame; False once the process is shutting down."""
@@ -266,17 +294,22 @@ class FrameThreads:
             self._failed(frame.camera, exc)
         return True
 
-    def _worker_loop(self) -> None:
+    def _worker_loop(self, stream: int) -> None:
         """Newest frames -> network (one batch) -> the publisher thread (or postprocess and publish here)."""
         name_os_thread()
         while not self._stop.is_set():
             items = self._mailboxes.take(self._max_batch, timeout=0.5)
-            for frame in self._infer(items) if items else []:
-                if self.pipelined:
-                    if not self._outbox.put(frame):  # waits while the publisher is busy: back-pressure
-                        self._dropped(frame.camera)  # stopping
-                elif not self._publish_one(frame):
-                    return
+            if not items:
+                continue
+            try:
+                for frame in self._infer(stream, items):
+                    if self.pipelined:
+                        if not self._outbox.put(frame):  # waits while the publisher is busy: back-pressure
+                            self._dropped(frame.camera)  # stopping
+                    elif not self._publish_one(frame):
+                        return
+            finally:
+                self._mailboxes.release(camera for camera, _ in items)
 
     def _publisher_loop(self) -> None:
         name_os_thread()

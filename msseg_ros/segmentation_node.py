@@ -14,15 +14,19 @@ standard services (`~/change_state`, `~/get_state`, ...). A failed configure ans
 the node unconfigured (a manager may fix a start-up parameter and configure again); with autostart it
 ends the process with one error line (exit status 2).
 
-Frames: the image subscriptions are raw; a callback only drops the serialized message into its
-camera's one-slot mailbox. A worker thread takes the newest frame of every camera with one pending
-(round robin, at most `max_batch`), deserializes them (`rosbags`, see cdr.py) and runs the network on
-them as one batch, so a slow network never builds a queue and a frame replaced before the worker gets
-to it is counted as dropped, having cost no more than a copy of its bytes. With `pipelined` (default
+Frames: the image subscriptions are raw and taken by a thread of their own (direct_take.py), which
+only drops the serialized message into its camera's one-slot mailbox. A worker thread takes the newest
+frame of every camera with one pending (round robin, at most `max_batch`), deserializes them
+(`rosbags`, see cdr.py) and runs the network on them as one batch, so a slow network never builds a
+queue and a frame replaced before the worker gets to it is counted as dropped, having cost no more
+than a copy of its bytes. With `pipelined` (default
 on) a publisher thread post-processes frame N at full resolution (`Segmenter.postprocess`), encodes and
 publishes it while the worker runs the network on the next frames; they hand over through a one-slot
-queue. Every output carries its input's header and resolution. Cameras (`cameras`), mailboxes and
-counters: `cameras` and `pipeline`; what the diagnostics say: `health`.
+queue. With several cameras, `streams` workers (one Segmenter replica each, one model in memory) run
+frames of different cameras at the same time, each publishing its own; a camera is in one worker at a
+time, so its outputs keep their order. Every output carries its input's header and resolution.
+Cameras (`cameras`), mailboxes, threads and counters: `cameras` and `pipeline`; what the diagnostics
+say: `health`.
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from msseg_core.checkpoint import CheckpointError
 from msseg_core.inference import OUTPUTS, Segmenter
-from msseg_ros import health, topics
+from msseg_ros import direct_take, health, topics
 from msseg_ros.cameras import Camera
+from msseg_ros.cdr import typestore
+from msseg_ros.direct_take import DirectTake, NotByExecutor
 from msseg_ros.graph import one_line, run_node
 from msseg_ros.image_codec import COMPRESSED_TYPE, IMAGE_TYPE, ImageDecodeError, decode_serialized, encode_image
 from msseg_ros.node_parameters import (
@@ -65,13 +71,7 @@ from msseg_ros.qos import apply_fastdds_profile, diagnostics_qos, input_qos, out
 from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder, declare_road_grid_parameters
 
 NODE_NAME = "msseg_node"
-OUTPUT_ENCODINGS: dict[str, str] = {
-    "labels": "mono8",  # class ids, see the class_names parameter
-    "color_mask": "rgb8",  # palette colours, see class_colors
-    "overlay": "rgb8",  # colours blended over the frame (overlay_alpha)
-    "confidence": "mono8",  # max class probability x 255
-    "road_mask": "mono8",  # 255 = road: road_classes, thresholded, cleaned, ego region (road_* parameters)
-}
+OUTPUT_ENCODINGS = topics.OUTPUT_ENCODINGS
 assert set(OUTPUT_ENCODINGS) == set(OUTPUTS) == set(topics.OUTPUTS), "every Segmenter output needs a topic"
 LEVELS = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR)  # health.OK, WARN, ERROR
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -91,6 +91,7 @@ class SegmentationNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.cameras: list[Camera] = []
         self.segmenter: Segmenter | None = None
+        self._segmenters: list[Segmenter] = []  # one per stream; the first is `segmenter`
         self.last_error = ""  # why the last configure failed
         self._active = False
         self._active_since = time.monotonic()
@@ -99,6 +100,7 @@ class SegmentationNode(LifecycleNode):
         self._segment_lock = threading.Lock()  # run-time parameter changes vs. postprocessing
         self._mailboxes: CameraMailboxes[tuple[bytes, float]] = CameraMailboxes(0)
         self._threads: FrameThreads | None = None  # while active
+        self._direct: DirectTake | None = None  # takes the image subscriptions' frames (configured)
         self._subscriptions_made: list[Any] = []
         self.diagnostics_pub: Any = None
         self.diagnostics_timer: Any = None
@@ -180,7 +182,8 @@ class SegmentationNode(LifecycleNode):
             per_camera: dict[Camera, dict[str, Any]] = {}
             for param in params:
                 if param.name == "road_classes":
-                    self.segmenter.set_road_classes(list(param.value))
+                    for segmenter in self._segmenters:
+                        segmenter.set_road_classes(list(param.value))
                     self.get_logger().info(f"road_classes = {list(param.value)}")
                 elif param.name == "overlay_alpha":
                     self.overlay_alpha = float(param.value)
@@ -228,11 +231,19 @@ class SegmentationNode(LifecycleNode):
         # publish: looked up per frame, so a replaced publish_frame (tests) is the one used
         self._threads = FrameThreads(self._mailboxes, self.infer_frames, lambda frame: self.publish_frame(frame),
                                      self._frame_failed, lambda camera: camera.stats.count("dropped"),
-                                     self.context.ok, self.pipelined, self.max_batch)
+                                     self.context.ok, self.pipelined, self._batch_limit(), len(self._segmenters))
         self._threads.start()
         self._active = True
         self.get_logger().info("active: segmenting")
         return result
+
+    def _batch_limit(self) -> int:
+        """max_batch, or with several streams and max_batch 0 an even share of the cameras per stream (one
+        worker taking every pending camera would leave the other streams nothing to run)."""
+        streams = len(self._segmenters)
+        if self.max_batch or streams <= 1:
+            return self.max_batch
+        return -(-len(self.cameras) // streams)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
@@ -282,8 +293,11 @@ class SegmentationNode(LifecycleNode):
         try:
             self.segmenter = Segmenter.from_checkpoint(
                 settings.checkpoint, device=str(self.device), precision=settings.precision,
-                input_size=settings.input_size, backend=settings.backend, threads=settings.threads or None)
-            self.segmenter.set_road_classes(road)
+                input_size=settings.input_size, backend=settings.backend, threads=settings.threads or None,
+                streams=settings.streams)
+            self._segmenters = [self.segmenter] + [self.segmenter.replica() for _ in range(settings.streams - 1)]
+            for segmenter in self._segmenters:
+                segmenter.set_road_classes(road)
         except (CheckpointError, ValueError) as exc:
             raise ConfigError(f"cannot load the model: {one_line(exc)}") from None
         self.checkpoint_path, self.model_name = settings.checkpoint, meta.model
@@ -298,6 +312,11 @@ class SegmentationNode(LifecycleNode):
         for camera in self.cameras:
             self._make_camera_entities(camera, transport)
         self._mailboxes = CameraMailboxes(len(self.cameras))
+        typestore()  # the message definitions are parsed here (~0.3 s), not when the first frame waits
+        if direct_take.available():
+            self._direct = DirectTake(self.context, [c.image_sub for c in self.cameras],
+                                      lambda index, msg: self.image_callback(msg, self.cameras[index]))
+            self._direct.start()
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, diagnostics_qos())
         # A steady clock: diagnostics go on under use_sim_time before /clock runs (stamps use the node clock).
         self.diagnostics_timer = self.create_timer(1.0, self.diagnostics_callback,
@@ -307,7 +326,8 @@ class SegmentationNode(LifecycleNode):
         self.get_logger().info(
             f"model {meta.model} ({meta.num_classes} classes) from {settings.checkpoint} on {self.device} "
             f"{settings.precision}, "
-            f"backend {self.segmenter.backend}, network input {w}x{h}; subscribed to {subscribed} ({transport})")
+            f"backend {self.segmenter.backend}, network input {w}x{h}, {settings.streams} stream(s); "
+            f"subscribed to {subscribed} ({transport})")
 
     def _health_limits(self) -> health.HealthLimits:
         return health.HealthLimits(float(value(self, "input_timeout")), float(value(self, "startup_grace")))
@@ -353,13 +373,16 @@ class SegmentationNode(LifecycleNode):
         qos_options = QoSOverridingOptions.with_default_policies
         # raw=True: frames arrive serialized and only the one the worker takes is deserialized (cdr.py).
         callback = lambda msg, camera=camera: self.image_callback(msg, camera)  # noqa: E731
+        # Frames are taken by DirectTake's thread, not the executor (direct_take.py says why).
+        group = NotByExecutor() if direct_take.available() else None
         if transport == "compressed":
             camera.image_sub = self.create_subscription(
                 CompressedImage, camera.topic(topics.COMPRESSED_IMAGE), callback, input_qos(),
-                qos_overriding_options=qos_options(), raw=True)
+                qos_overriding_options=qos_options(), raw=True, callback_group=group)
         else:
-            camera.image_sub = self.create_subscription(Image, camera.topic(topics.IMAGE), callback, input_qos(),
-                                                        qos_overriding_options=qos_options(), raw=True)
+            camera.image_sub = self.create_subscription(
+                Image, camera.topic(topics.IMAGE), callback, input_qos(), qos_overriding_options=qos_options(),
+                raw=True, callback_group=group)
         camera.camera_info_sub = self.create_subscription(
             CameraInfo, camera.topic(topics.CAMERA_INFO), lambda msg, camera=camera: self.camera_info_callback(
                 msg, camera), input_qos(), qos_overriding_options=qos_options())
@@ -373,6 +396,7 @@ class SegmentationNode(LifecycleNode):
 
     def _release(self) -> None:
         """Undo configure (also a failed one): entities, per-configuration parameters, the model."""
+        self._stop_direct_take()
         for camera in self.cameras:
             for pub in camera.publishers():
                 self.destroy_lifecycle_publisher(pub)
@@ -390,7 +414,7 @@ class SegmentationNode(LifecycleNode):
         self._configured_names = []
         if self.segmenter is not None:
             cuda = self.segmenter.device.type == "cuda"
-            self.segmenter = None
+            self.segmenter, self._segmenters = None, []
             gc.collect()
             if cuda:
                 import torch
@@ -446,9 +470,10 @@ class SegmentationNode(LifecycleNode):
         self.get_logger().error(f"frame dropped, inference failed: {type(exc).__name__}: {one_line(exc)}",
                                 throttle_duration_sec=5.0)
 
-    def infer_frames(self, items: list[tuple[int, tuple[bytes, float]]]) -> list[InferredFrame]:
+    def infer_frames(self, stream: int, items: list[tuple[int, tuple[bytes, float]]]) -> list[InferredFrame]:
         """Decode each camera's frame and run the network on those with a subscribed output, as one
-        batch; a frame that ends here (invalid, nothing wanted, a failure) is counted on its camera."""
+        batch through stream `stream`'s Segmenter; a frame that ends here (invalid, nothing wanted, a
+        failure) is counted on its camera."""
         ready = []
         for index, (raw, received_at) in items:
             camera = self.cameras[index]
@@ -478,15 +503,16 @@ class SegmentationNode(LifecycleNode):
             return []
         try:
             t0 = time.monotonic()
+            segmenter = self._segmenters[stream]
             if len(ready) == 1:
-                nets = [self.segmenter.run_network(ready[0][2])]
+                nets = [segmenter.run_network(ready[0][2])]
             else:
-                nets = self.segmenter.run_network_batch([r[2] for r in ready])
+                nets = segmenter.run_network_batch([r[2] for r in ready])
         except Exception as exc:
             self._inference_failed([r[0] for r in ready], exc)
             return []
         network_s = time.monotonic() - t0
-        return [InferredFrame(camera, header, net, compute, wanted, grid, received_at, network_s)
+        return [InferredFrame(camera, header, net, compute, wanted, grid, received_at, network_s, stream)
                 for (camera, header, _, compute, wanted, grid, received_at), net in zip(ready, nets, strict=True)]
 
     def publish_frame(self, frame: InferredFrame) -> None:
@@ -496,7 +522,8 @@ class SegmentationNode(LifecycleNode):
         with self._segment_lock:  # one consistent set of run-time parameters per frame
             t0 = time.monotonic()
             try:
-                result = self.segmenter.postprocess(frame.net, frame.compute, overlay_alpha=self.overlay_alpha)
+                result = self._segmenters[frame.stream].postprocess(frame.net, frame.compute,
+                                                                    overlay_alpha=self.overlay_alpha)
             except Exception as exc:
                 self._inference_failed([camera], exc)
                 return
@@ -562,12 +589,20 @@ class SegmentationNode(LifecycleNode):
         return status
 
     def threads_alive(self) -> bool:
-        """Whether the worker (and, pipelined, the publisher thread) still run: a failing frame must
-        never take one down."""
-        return self._threads is not None and self._threads.alive()
+        """Whether the frame-taking thread, the workers (and, pipelined, the publisher thread) still run:
+        a failing frame must never take one down."""
+        direct_ok = self._direct is None or self._direct.alive()
+        return direct_ok and self._threads is not None and self._threads.alive()
+
+    def _stop_direct_take(self) -> None:
+        """Before the image subscriptions are destroyed: the thread must be out of rcl first."""
+        if self._direct is not None:
+            self._direct.stop()
+            self._direct = None
 
     # -- shutdown ------------------------------------------------------------------------------
     def destroy_node(self) -> None:
+        self._stop_direct_take()
         self._stop_processing()
         self._mailboxes.close()
         super().destroy_node()

@@ -13,6 +13,13 @@ COMPRESSED_IMAGE = "image/compressed"  # sensor_msgs/CompressedImage in (image_t
 CAMERA_INFO = "camera_info"  # sensor_msgs/CameraInfo in
 OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
 """Image outputs, one topic each, named like the Segmenter outputs they carry."""
+OUTPUT_ENCODINGS: dict[str, str] = {
+    "labels": "mono8",  # class ids, see the class_names parameter
+    "color_mask": "rgb8",  # palette colours, see class_colors
+    "overlay": "rgb8",  # colours blended over the frame (overlay_alpha)
+    "confidence": "mono8",  # max class probability x 255
+    "road_mask": "mono8",  # 255 = road: road_classes, thresholded, cleaned, ego region (road_* parameters)
+}
 LABELS = "labels"
 ROAD_GRID = "road_grid"  # nav_msgs/OccupancyGrid out
 DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray, absolute by ROS convention

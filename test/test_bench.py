@@ -107,6 +107,11 @@ def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint
         assert row["frames"] == 3 and row["frame_size"] == [48, 64] and row["lost"] == 0
         assert set(row["node_latency_ms"]) == set(row["bare_latency_ms"]) == LATENCY_KEYS
         assert row["node_latency_ms"]["p50"] > 0 and isinstance(row["overhead_ratio"], float)
+        # The transport floor (a round trip through transport_echo, per frame) and what the node adds beyond it.
+        floor = row["transport_floor_ms"]
+        assert set(floor) == LATENCY_KEYS and floor["p50"] > 0
+        assert row["overhead_beyond_transport_ms"] == pytest.approx(
+            row["node_latency_ms"]["p50"] - row["bare_latency_ms"]["p50"] - floor["p50"], abs=2e-3)
     # Throughput: the node fed faster than the bare Segmenter runs, for labels alone and for all outputs.
     assert [(r["mode"], r["outputs"], r["bare_call"]) for r in rate] == [("rate", "labels", "predict"),
                                                                          ("rate", "all", "segment")], rate
@@ -119,7 +124,9 @@ def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint
         assert r["bare_pipelined_rate_hz"] > 0, r
         cpu = r["node_cpu_ms_per_frame"]  # the node's threads are named at the OS level: their CPU is seen
         assert cpu["msseg_worker"] > 0 and cpu["msseg_publisher"] > 0 and r["feeder_cpu_ms_per_frame"] > 0, r
-        assert cpu["total"] == pytest.approx(cpu["msseg_worker"] + cpu["msseg_publisher"] + cpu["other"], abs=0.05)
+        assert cpu["msseg_input"] > 0, r  # frames are taken by their own thread, not the executor
+        parts = ("msseg_input", "msseg_worker", "msseg_publisher", "other")
+        assert cpu["total"] == pytest.approx(sum(cpu[k] for k in parts), abs=0.05)
         assert r["overhead_vs_pipelined"] == pytest.approx(1 - r["node_rate_hz"] / r["bare_pipelined_rate_hz"],
                                                            abs=2e-3), r
     md = (tmp_path / "node.md").read_text()

@@ -3,11 +3,15 @@ parameters, and what the health rules make of a camera's state (the node tests c
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import replace
+
 import pytest
 
-from msseg_ros import health
+from msseg_ros import health, node_parameters
 from msseg_ros.cameras import Camera, check_camera_names, stray_camera_parameter
-from msseg_ros.pipeline import CameraMailboxes, FrameStats, InputState
+from msseg_ros.pipeline import CameraMailboxes, FrameStats, FrameThreads, InferredFrame, InputState
 from msseg_ros.road_grid import RoadGridBuilder
 
 pytestmark = pytest.mark.ros  # imports nav_msgs (road_grid)
@@ -19,6 +23,7 @@ def test_mailboxes_take_every_pending_camera_round_robin() -> None:
     assert boxes.put(0, "f1") is False and boxes.put(0, "f2") is True  # the older frame is replaced
     boxes.put(2, "r1")
     assert boxes.take() == [(0, "f2"), (2, "r1")]  # one of each pending camera, in camera order
+    boxes.release([0, 2])
     for camera in range(3):
         boxes.put(camera, f"x{camera}")
     assert boxes.take() == [(0, "x0"), (1, "x1"), (2, "x2")]  # after camera 2 came last: start at 0
@@ -32,14 +37,88 @@ def test_mailboxes_limit_rotates_so_no_camera_starves() -> None:
         for camera in range(3):
             boxes.put(camera, frame)
         (camera, _), = boxes.take(limit=1)
+        boxes.release([camera])
         served.append(camera)
     assert served == [0, 1, 2] * 3
     assert [camera for camera, _ in boxes.drain()] == [0, 1]  # still pending: camera 2 was served last
     for camera in (0, 2):
         boxes.put(camera, 99)
     assert boxes.take(limit=2) == [(0, 99), (2, 99)] and boxes.drain() == []
+    boxes.release([0, 2])
     boxes.put(1, 5)
     assert boxes.drain() == [(1, 5)] and boxes.take(timeout=0) == []
+
+
+def test_a_camera_is_in_one_worker_at_a_time() -> None:
+    """Several workers (streams): a camera's next frame waits until its frame in flight is released, so
+    its outputs cannot overtake each other; other cameras are taken meanwhile."""
+    boxes: CameraMailboxes[str] = CameraMailboxes(2)
+    boxes.put(0, "a1")
+    assert boxes.take() == [(0, "a1")]
+    boxes.put(0, "a2")
+    boxes.put(1, "b1")
+    assert boxes.take() == [(1, "b1")]  # camera 0 is in flight: its newer frame waits
+    assert boxes.take(timeout=0.05) == []
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.extend(boxes.take(timeout=10)))
+    waiter.start()
+    boxes.release([0])  # wakes the waiting worker: camera 0's pending frame may go now
+    waiter.join(10)
+    assert got == [(0, "a2")]
+
+
+def test_streams_overlap_and_keep_each_cameras_order() -> None:
+    """Two streams: two workers are in the network at the same moment (the barrier only opens with
+    both inside), each publishes its own frames, and every camera's frames come out in order."""
+    boxes: CameraMailboxes[int] = CameraMailboxes(3)
+    both_inside = threading.Barrier(2, timeout=20)
+    overlapped = threading.Event()
+    published: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+
+    def infer(stream: int, items: list) -> list[InferredFrame]:
+        if not overlapped.is_set():
+            both_inside.wait()
+            overlapped.set()
+        return [InferredFrame(camera, None, None, set(), [], False, 0.0, 0.0, stream)  # type: ignore[arg-type]
+                for camera, _ in items]
+
+    def publish(frame: InferredFrame) -> None:
+        with lock:
+            published.append((frame.camera, frame.header, threading.current_thread().name))
+
+    threads = FrameThreads(boxes, lambda stream, items: [
+        replace(f, header=seq) for f, (_, seq) in zip(infer(stream, items), items, strict=True)],
+        publish, failed=lambda c, e: None, dropped=lambda c: None, running=lambda: True, pipelined=True,
+        max_batch=1, streams=2)
+    assert threads.pipelined is False  # with several streams each worker publishes its own frames
+    threads.start()
+    try:
+        for seq in range(60):
+            boxes.put(seq % 3, seq)
+            time.sleep(0.001)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(seq >= 57 for _, seq, _ in published):
+            time.sleep(0.01)
+    finally:
+        threads.stop()
+    assert overlapped.is_set()
+    assert {name for _, _, name in published} == {"msseg_worker0", "msseg_worker1"}
+    for camera in range(3):
+        seqs = [seq for c, seq, _ in published if c == camera]
+        assert seqs and seqs == sorted(seqs), (camera, seqs)
+
+
+@pytest.mark.parametrize(("cameras", "threads", "device", "cores", "expected"), [
+    (1, 1, "cpu", 8, 1),  # one camera: one stream (pipelined instead)
+    (4, 1, "cpu", 2, 2),  # as many as the cores hold
+    (4, 2, "cpu", 16, 4),  # one per camera
+    (3, 0, "cpu", 8, 1),  # threads 0: one stream already takes every core
+    (4, 1, "cuda", 8, 1),  # one GPU
+])
+def test_auto_streams(monkeypatch, cameras, threads, device, cores, expected) -> None:
+    monkeypatch.setattr(node_parameters, "default_threads", lambda: cores)
+    assert node_parameters.auto_streams(cameras, threads, device) == expected
 
 
 @pytest.mark.parametrize(("names", "problem"), [

@@ -159,6 +159,11 @@ def test_openvino_engine_is_cached_and_rebuilt_when_stale_or_corrupt(ckpt, cache
     seg = Segmenter(model, meta, backend="openvino", cache_dir=tmp_path, **T1)
     assert seg.net.built and seg.net.key["checkpoint"] != again.net.key["checkpoint"]
     assert openvino_backend.compile_config("CPU", 1, "fp32")["INFERENCE_PRECISION_HINT"] == "f32"
+    # streams: one compiled stream per frame in flight, `threads` each; a new engine, never the 1-stream one.
+    two = openvino_backend.compile_config("CPU", 1, "fp32", streams=2)
+    assert two["NUM_STREAMS"] == 2 and two["INFERENCE_NUM_THREADS"] == 2
+    streamed = Segmenter(model, meta, backend="openvino", cache_dir=tmp_path, streams=2, **T1)
+    assert streamed.net.built and streamed.net.key["config"]["NUM_STREAMS"] == 2
 
 
 def test_missing_engines_give_one_line_errors(ckpt, cache, monkeypatch):

@@ -51,3 +51,58 @@ def test_empty_and_bad_batches(segmenter: Segmenter) -> None:
     assert segmenter.run_network_batch([]) == []
     with pytest.raises(ValueError, match="H x W x 3 uint8"):
         segmenter.run_network_batch([frames([(8, 8)])[0], np.zeros((8, 8), np.uint8)])
+
+
+def _engines_here() -> list[str]:
+    out = ["torch", "onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+
+        out.append("openvino")
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("backend", _engines_here())
+def test_replicas_run_at_the_same_time_with_the_same_results(tiny_checkpoint, tmp_path, backend: str) -> None:  # noqa: F811
+    """`streams`: replicas share the model (and the engine's session or compiled model) and each has its own
+    buffers and engine request, so two threads segmenting through two replicas at once get exactly what
+    one Segmenter gives frame by frame; road classes are per replica."""
+    import threading
+
+    seg = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend=backend, threads=1, streams=2,
+                                    cache_dir=tmp_path)
+    twin = seg.replica()
+    assert twin.net is not seg.net and twin.backend == seg.backend == backend and seg.describe()["streams"] == 2
+    if backend != "torch":
+        assert getattr(twin.net, "session", None) is getattr(seg.net, "session", None)  # one model in memory
+        assert getattr(twin.net, "compiled", None) is getattr(seg.net, "compiled", None)
+    batch = frames([(40, 56)] * 6, seed=3)
+    expected = [seg.segment(rgb, OUTPUTS) for rgb in batch]
+    results: dict[int, dict] = {}
+    start = threading.Barrier(2, timeout=30)
+
+    def run(handle: Segmenter, indices: range) -> None:
+        start.wait()
+        for _ in range(5):  # several rounds, so that the two threads' frames interleave
+            for i in indices:
+                net = handle.run_network(batch[i])
+                results[i] = handle.postprocess(net, OUTPUTS)
+
+    workers = [threading.Thread(target=run, args=(h, r)) for h, r in ((seg, range(0, 3)), (twin, range(3, 6)))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert sorted(results) == list(range(6))
+    for i, want in enumerate(expected):
+        for name in OUTPUTS:
+            np.testing.assert_array_equal(results[i][name], want[name], err_msg=f"frame {i} {name}")
+    twin.set_road_classes([seg.class_names[0]])
+    assert twin.road_classes != seg.road_classes
+
+
+def test_streams_must_be_positive(tiny_checkpoint) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match="streams must be >= 1"):
+        Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch", streams=0)

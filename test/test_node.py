@@ -323,6 +323,32 @@ def test_pipelined_and_single_thread_nodes_answer_alike(tiny_checkpoint, referen
         assert publishing_threads == {"msseg_publisher" if pipelined else "msseg_worker"}
 
 
+def test_frames_are_taken_by_their_own_thread_not_the_executor(tiny_checkpoint) -> None:  # noqa: F811
+    """The image subscription is never in the executor's wait set; the msseg_input thread takes its frames
+    (direct_take.py says why), and it is gone once the subscriptions are (cleanup)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    ns = namespace("direct_take")
+    with InProcessNode({"checkpoint": str(tiny_checkpoint)}, ns) as node:
+        seg, taken_by = node.node, set()
+        sub = seg.cameras[0].image_sub
+        assert not sub.callback_group.can_execute(sub)  # the executor leaves it alone
+        callback = seg.image_callback
+
+        def spy(msg, camera):
+            taken_by.add(threading.current_thread().name)
+            callback(msg, camera)
+
+        seg.image_callback = spy
+        with SegmentationClient(ns, outputs=("labels",), name="direct_take_client") as c:
+            c.wait_until_served()
+            c.request(rgb_image(random_rgb(30, 44)))
+        assert taken_by == {"msseg_input"}
+        assert seg.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert seg.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert "msseg_input" not in {t.name for t in threading.enumerate()}
+
+
 def wait_until(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate() and time.monotonic() < deadline:

@@ -55,7 +55,7 @@ class Cameras:
 def three(tiny_checkpoint) -> Iterator[tuple[InProcessNode, Cameras]]:  # noqa: F811
     ns = namespace("cams")
     params = {"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "front.camera_height": 1.2,
-              "left.camera_yaw": 1.5, "grid_resolution": 0.5}
+              "left.camera_yaw": 1.5, "grid_resolution": 0.5, "streams": 1}  # one worker: batches (streams: below)
     with InProcessNode(params, ns) as node:
         cams = Cameras(ns, outputs=OUTPUTS)
         try:
@@ -135,7 +135,8 @@ def test_round_robin_under_overload(tiny_checkpoint) -> None:  # noqa: F811
     """max_batch 1 and three cameras flooding: every camera is served in turn, none starves, and each
     camera's frames are all accounted for (received = processed + dropped + invalid + errors + skipped)."""
     ns = namespace("cams_rr")
-    with InProcessNode({"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "max_batch": 1}, ns) as node:
+    with InProcessNode({"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "max_batch": 1, "streams": 1},
+                       ns) as node:
         cams = Cameras(ns)
         try:
             for client in cams.clients.values():
@@ -163,6 +164,47 @@ def test_round_robin_under_overload(tiny_checkpoint) -> None:  # noqa: F811
     assert all(dropped.values()), dropped  # overloaded indeed
     print(f"\nframes processed per camera under overload, max_batch 1: {done}")
     assert min(done.values()) >= 10 and max(done.values()) - min(done.values()) <= 3, done  # strict turns
+
+
+def test_streams_run_cameras_side_by_side(tiny_checkpoint, reference: Segmenter) -> None:  # noqa: F811
+    """streams 2: two workers, each with its own Segmenter replica of the one model, run frames of
+    different cameras at the same time and publish them; outputs are what one Segmenter gives, each
+    camera's come out in the order its frames went in, and the diagnostics say how many streams run."""
+    ns = namespace("cams_streams")
+    with InProcessNode({"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "streams": 2}, ns) as node:
+        seg_node, publishers = node.node, []
+        assert len(seg_node._segmenters) == 2 and seg_node._segmenters[1].net is not seg_node.segmenter.net
+        publish = seg_node.publish_frame
+
+        def spy(frame):
+            publishers.append(threading.current_thread().name)
+            publish(frame)
+
+        seg_node.publish_frame = spy
+        cams = Cameras(ns)
+        try:
+            for client in cams.clients.values():
+                client.wait_until_served()
+            for i, (camera, client) in enumerate(cams.clients.items()):
+                rgb = random_rgb(24, 32, seed=20 + i)
+                labels = image_array(client.request(rgb_image(rgb, make_header(camera)))["labels"])
+                assert (labels == reference.predict(rgb)).mean() >= 0.99, camera
+            # Every camera streaming at once: both workers publish, and no camera's outputs overtake each other.
+            sent = {c: [] for c in CAMERAS}
+            for k in range(15):
+                for camera, client in cams.clients.items():
+                    sent[camera].append(client.publish(rgb_image(random_rgb(40, 56, seed=k), make_header(camera))))
+                time.sleep(0.01)
+            for camera, client in cams.clients.items():
+                client.wait_for(sent[camera][-1], timeout=60)
+                got = [key for key in list(client.received) if key in sent[camera]]  # in order of arrival
+                assert got == sorted(got, key=sent[camera].index), camera
+            values = cams.clients["front"].wait_for_status(node.fqn, lambda s: "streams" in s, camera="front")
+            assert values["streams"] == "2"
+        finally:
+            cams.close()
+        assert wait_until(lambda: all(all_accounted(counters(node, c)) for c in CAMERAS))
+    assert {"msseg_worker0", "msseg_worker1"} <= set(publishers), set(publishers)
 
 
 def camera_info(header) -> CameraInfo:

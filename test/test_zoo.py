@@ -59,3 +59,18 @@ def test_fast_zoo_model_segments_a_frame_by_name() -> None:
     out = seg.segment(rgb, ["labels", "confidence"])
     assert out["labels"].shape == (360, 480) and out["labels"].max() < CAMVID.num_classes
     assert out["confidence"].shape == (360, 480)
+
+
+@pytest.mark.ros
+def test_the_node_takes_a_zoo_name(tmp_path) -> None:
+    """`checkpoint:=camvid_fast` on the node (and so in launch files) loads the packaged file; an unknown
+    name is one clear configure error naming the parameter."""
+    from helpers_ros import InProcessNode, namespace
+
+    from msseg_ros.segmentation_node import ConfigError
+
+    with InProcessNode({"checkpoint": "camvid_fast"}, namespace("zoo_node")) as node:
+        assert node.node.checkpoint_path == str(zoo.zoo_path("camvid_fast"))
+        assert list(node.node.segmenter.input_size) == EXPECTED_INPUT["camvid_fast"]
+    with pytest.raises(ConfigError, match="parameter checkpoint: checkpoint not found: camvid_fastest"):
+        InProcessNode({"checkpoint": "camvid_fastest"}, namespace("zoo_node_bad"))
