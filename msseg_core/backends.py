@@ -327,7 +327,8 @@ class OrtBackend:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         self.providers = list(providers) if providers is not None else ort_providers(self.device, precision, cache_dir)
-        self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        self._session_args = (str(self.path), so, self.providers)
+        self.session = ort.InferenceSession(*self._session_args)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.input_dtype = _ORT_TYPES.get(inp.type, torch.float32)
@@ -339,10 +340,16 @@ class OrtBackend:
         self._out: dict[tuple[int, ...], torch.Tensor] = {}
 
     def replica(self) -> OrtBackend:
-        """The same session for another thread (ORT runs concurrent calls of one session) with its own
-        I/O binding and output buffer."""
+        """The engine for another thread, with its own I/O binding and output buffer. One thread per call:
+        the same session (ORT runs concurrent calls of one session, each on its caller's thread). More: a
+        session of its own, because a session's intra-op pool is shared by its concurrent calls (the
+        weights are then held twice; small next to the process)."""
         twin = copy.copy(self)
-        twin._binding, twin._out = self.session.io_binding(), {}
+        if int(self._session_args[1].intra_op_num_threads) > 1:
+            import onnxruntime as ort
+
+            twin.session = ort.InferenceSession(*self._session_args)
+        twin._binding, twin._out = twin.session.io_binding(), {}
         return twin
 
     @property

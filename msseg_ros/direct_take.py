@@ -83,11 +83,18 @@ class DirectTake:
         name_os_thread()
         wait_set = _wait_set_api()(len(self._subs), 0, 0, 0, 0, 0, self._context.handle)
         while not self._stop.is_set() and self._context.ok():
-            wait_set.clear_entities()
-            for sub in self._subs:
-                wait_set.add_subscription(sub.handle)
-            wait_set.wait(WAIT_TIMEOUT_NS)  # releases the interpreter lock while waiting
-            ready = wait_set.get_ready_entities("subscription")
+            try:
+                wait_set.clear_entities()
+                for sub in self._subs:
+                    wait_set.add_subscription(sub.handle)
+                wait_set.wait(WAIT_TIMEOUT_NS)  # releases the interpreter lock while waiting
+                ready = wait_set.get_ready_entities("subscription")
+            except Exception as exc:  # e.g. the context shut down under the wait: stop; anything else: retry
+                if self._stop.is_set() or not self._context.ok():
+                    return
+                log.warning("waiting for frames failed, retrying: %s", exc)
+                self._stop.wait(0.1)
+                continue
             for index, sub in enumerate(self._subs):
                 if sub.handle.pointer in ready:
                     self._take(index, sub)

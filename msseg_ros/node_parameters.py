@@ -109,7 +109,7 @@ def declare_node_parameters(node: Any) -> None:
         + _STARTUP, p.INTEGER, integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)]))
     declare(node, "streams", 0, descriptor(
         "Frames in the network at the same time, each in its own worker thread with `threads` threads, one model "
-        "in memory (several cameras keep several cores busy); 0 = one per camera, at most usable cores / threads "
+        "in memory (several cameras keep several cores busy); 0 = one per camera, at most 2 x the usable cores "
         "(1 for one camera, with threads 0, or on CUDA)." + _STARTUP, p.INTEGER,
         integer_range=[IntegerRange(from_value=0, to_value=64, step=1)]))
     declare(node, "autostart", True, descriptor(
@@ -199,11 +199,16 @@ def read_startup(node: Any, parameter_names: Sequence[str]) -> StartupSettings:
 
 
 def auto_streams(cameras: int, threads: int, device_type: str) -> int:
-    """streams 0: one per camera, as many as the usable cores hold at `threads` each; 1 for a single
-    camera, for threads 0 (one stream already takes every core) and on CUDA (one GPU, one stream)."""
+    """streams 0: one per camera, up to twice the usable cores; 1 for a single camera, for threads 0
+    (one stream already takes every core) and on CUDA (one GPU).
+
+    Twice, and whatever `threads`: a worker is off its cores part of the time (waiting for the
+    interpreter lock, publishing), and a spare one keeps them busy, as separate processes do. Measured
+    with 4 cameras on 2 cores against 4 separate nodes: 1 thread each, 4 streams 0.97x and 0.91x their
+    rate, 2 streams 0.87x and 0.83x; 2 threads each, 4 streams 0.99x, 2 streams 0.80x (BENCHMARKS.md)."""
     if cameras <= 1 or threads <= 0 or device_type != "cpu":
         return 1
-    return max(1, min(cameras, default_threads() // threads))
+    return max(1, min(cameras, 2 * default_threads()))
 
 
 def _load_onnx_meta(path: str) -> CheckpointMeta:

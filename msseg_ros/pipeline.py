@@ -245,16 +245,19 @@ class FrameThreads:
     each publishing its own frames; a camera is in flight in one worker at a time (CameraMailboxes),
     so each camera's outputs keep their order while the workers overlap one another.
 
-    A frame that fails in `publish` is given to `failed(camera, exc)` and lost alone: no thread ever
-    dies of a frame. A frame inferred but not published when the threads stop is given to
+    A frame that fails in `publish` is given to `failed(camera, exc)` and lost alone; frames for which
+    `infer` raises (it counts what it expects itself) go to `infer_failed(camera indices, exc)`: no
+    thread ever dies of a frame. A frame inferred but not published when the threads stop is given to
     `dropped(camera)`: every frame is accounted for."""
 
     def __init__(self, mailboxes: CameraMailboxes, infer: Callable[[int, list], list[InferredFrame]],
                  publish: Callable[[InferredFrame], None], failed: Callable[[Any, Exception], None],
                  dropped: Callable[[Any], None], running: Callable[[], bool], pipelined: bool,
-                 max_batch: int, streams: int = 1) -> None:
+                 max_batch: int, streams: int = 1,
+                 infer_failed: Callable[[list[int], Exception], None] | None = None) -> None:
         self._mailboxes, self._infer, self._publish, self._failed = mailboxes, infer, publish, failed
         self._dropped = dropped
+        self._infer_failed = infer_failed or (lambda cameras, exc: None)
         self._running, self._max_batch = running, max_batch
         self.pipelined = pipelined and streams == 1
         self._stop = threading.Event()
@@ -302,7 +305,15 @@ class FrameThreads:
             if not items:
                 continue
             try:
-                for frame in self._infer(stream, items):
+                frames = self._infer(stream, items)
+            except Exception as exc:  # `infer` counts what it expects; anything else loses these frames only
+                self._mailboxes.release(camera for camera, _ in items)
+                if not self._running():
+                    return
+                self._infer_failed([camera for camera, _ in items], exc)
+                continue
+            try:
+                for frame in frames:
                     if self.pipelined:
                         if not self._outbox.put(frame):  # waits while the publisher is busy: back-pressure
                             self._dropped(frame.camera)  # stopping

@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from lifecycle_msgs.srv import ChangeState
 from nav_msgs.msg import OccupancyGrid
@@ -231,7 +232,9 @@ class SegmentationNode(LifecycleNode):
         # publish: looked up per frame, so a replaced publish_frame (tests) is the one used
         self._threads = FrameThreads(self._mailboxes, self.infer_frames, lambda frame: self.publish_frame(frame),
                                      self._frame_failed, lambda camera: camera.stats.count("dropped"),
-                                     self.context.ok, self.pipelined, self._batch_limit(), len(self._segmenters))
+                                     self.context.ok, self.pipelined, self._batch_limit(), len(self._segmenters),
+                                     lambda indices, exc: self._inference_failed([self.cameras[i] for i in indices],
+                                                                                 exc))
         self._threads.start()
         self._active = True
         self.get_logger().info("active: segmenting")
@@ -298,6 +301,10 @@ class SegmentationNode(LifecycleNode):
             self._segmenters = [self.segmenter] + [self.segmenter.replica() for _ in range(settings.streams - 1)]
             for segmenter in self._segmenters:
                 segmenter.set_road_classes(road)
+            if len(self._segmenters) > 1:  # each engine request's first run (allocations) one at a time, here
+                blank = np.zeros((*self.segmenter.input_size, 3), np.uint8)
+                for segmenter in self._segmenters:
+                    segmenter.predict(blank)
         except (CheckpointError, ValueError) as exc:
             raise ConfigError(f"cannot load the model: {one_line(exc)}") from None
         self.checkpoint_path, self.model_name = settings.checkpoint, meta.model
@@ -479,17 +486,17 @@ class SegmentationNode(LifecycleNode):
             camera = self.cameras[index]
             try:  # rgb8: a view of the deserialized message's buffer, no copy
                 header, rgb = decode_serialized(raw, self._input_type, self.max_input_pixels, copy=False)
+                wanted = [name for name, pub in camera.output_pubs.items() if pub.get_subscription_count() > 0]
+                grid_wanted = camera.road_grid_pub.get_subscription_count() > 0
             except ImageDecodeError as exc:
                 camera.stats.count("invalid", f"invalid frame: {exc}")
                 self.get_logger().warning(f"invalid frame dropped: {exc}", throttle_duration_sec=5.0)
                 continue
-            except Exception as exc:  # e.g. MemoryError decoding a frame: lose that frame, never the worker
+            except Exception as exc:  # e.g. MemoryError decoding, or rcl as the process shuts down: that frame only
                 if not self.context.ok():
                     return []
                 self._frame_failed(camera, exc)
                 continue
-            wanted = [name for name, pub in camera.output_pubs.items() if pub.get_subscription_count() > 0]
-            grid_wanted = camera.road_grid_pub.get_subscription_count() > 0
             compute = set(wanted)
             if grid_wanted or "road_mask" in compute:
                 compute.add("road_mask")
@@ -564,7 +571,9 @@ class SegmentationNode(LifecycleNode):
         last_t, last_processed = camera.diag_last
         rate = (c["processed"] - last_processed) / max(now - last_t, 1e-6)
         camera.diag_last = (now, c["processed"])
-        if self._active:
+        if self._active and not self.threads_alive():  # never expected: a thread died of something unforeseen
+            level, message = health.ERROR, "a processing thread stopped: frames are no longer segmented"
+        elif self._active:
             level, message = health.assess(camera.stats.input_state(), problem, now=now,
                                            active_since=self._active_since, limits=self.health_limits,
                                            received=c["received"], rate_hz=rate)

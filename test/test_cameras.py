@@ -109,10 +109,45 @@ def test_streams_overlap_and_keep_each_cameras_order() -> None:
         assert seqs and seqs == sorted(seqs), (camera, seqs)
 
 
+def test_a_worker_outlives_an_unexpected_failure() -> None:
+    """`infer` raising something it did not count itself: those frames go to infer_failed (the node counts
+    them as errors), their cameras are released, and the worker goes on with the next frames."""
+    boxes: CameraMailboxes[int] = CameraMailboxes(2)
+    failures: list[tuple[list[int], str]] = []
+    published: list[int] = []
+    calls = iter(range(1000))
+
+    def infer(stream: int, items: list) -> list[InferredFrame]:
+        if next(calls) == 0:
+            raise RuntimeError("unforeseen")
+        return [InferredFrame(camera, seq, None, set(), [], False, 0.0, 0.0, stream)  # type: ignore[arg-type]
+                for camera, seq in items]
+
+    threads = FrameThreads(boxes, infer, lambda frame: published.append(frame.header), failed=lambda c, e: None,
+                           dropped=lambda c: None, running=lambda: True, pipelined=False, max_batch=0,
+                           infer_failed=lambda cameras, exc: failures.append((cameras, str(exc))))
+    threads.start()
+    try:
+        boxes.put(0, 1)
+        deadline = time.monotonic() + 10
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.01)
+        boxes.put(0, 2)
+        boxes.put(1, 3)
+        while len(published) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threads.alive()
+    finally:
+        threads.stop()
+    assert failures == [([0], "unforeseen")] and sorted(published) == [2, 3]
+
+
 @pytest.mark.parametrize(("cameras", "threads", "device", "cores", "expected"), [
     (1, 1, "cpu", 8, 1),  # one camera: one stream (pipelined instead)
-    (4, 1, "cpu", 2, 2),  # as many as the cores hold
-    (4, 2, "cpu", 16, 4),  # one per camera
+    (4, 1, "cpu", 2, 4),  # one per camera, up to twice the cores
+    (8, 1, "cpu", 2, 4),
+    (4, 2, "cpu", 2, 4),  # whatever the threads per stream
+    (3, 2, "cpu", 16, 3),
     (3, 0, "cpu", 8, 1),  # threads 0: one stream already takes every core
     (4, 1, "cuda", 8, 1),  # one GPU
 ])

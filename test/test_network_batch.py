@@ -75,8 +75,8 @@ def test_replicas_run_at_the_same_time_with_the_same_results(tiny_checkpoint, tm
                                     cache_dir=tmp_path)
     twin = seg.replica()
     assert twin.net is not seg.net and twin.backend == seg.backend == backend and seg.describe()["streams"] == 2
-    if backend != "torch":
-        assert getattr(twin.net, "session", None) is getattr(seg.net, "session", None)  # one model in memory
+    if backend != "torch":  # one thread per call: one model in memory
+        assert getattr(twin.net, "session", None) is getattr(seg.net, "session", None)
         assert getattr(twin.net, "compiled", None) is getattr(seg.net, "compiled", None)
     batch = frames([(40, 56)] * 6, seed=3)
     expected = [seg.segment(rgb, OUTPUTS) for rgb in batch]
@@ -106,3 +106,14 @@ def test_replicas_run_at_the_same_time_with_the_same_results(tiny_checkpoint, tm
 def test_streams_must_be_positive(tiny_checkpoint) -> None:  # noqa: F811
     with pytest.raises(ValueError, match="streams must be >= 1"):
         Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch", streams=0)
+
+
+def test_onnxruntime_replica_gets_its_own_pool_with_several_threads(tiny_checkpoint, tmp_path) -> None:  # noqa: F811
+    """threads > 1: concurrent calls of one ORT session would share its one intra-op pool, so a replica
+    has a session of its own (same file, same options) and gives the same labels."""
+    seg = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="onnxruntime", threads=2, streams=2,
+                                    cache_dir=tmp_path)
+    twin = seg.replica()
+    assert twin.net.session is not seg.net.session
+    rgb = frames([(40, 56)], seed=5)[0]
+    np.testing.assert_array_equal(twin.predict(rgb), seg.predict(rgb))

@@ -77,3 +77,17 @@ def test_frames_that_all_fail_are_error_until_frames_flow_again(tiny_checkpoint)
         mark = len(log)
         status = stream_until(lambda: rgb_image(random_rgb(16, 24)), lambda s: s.level == DiagnosticStatus.OK, mark)
         assert status.message == "segmenting"
+
+
+def test_a_stopped_processing_thread_is_an_error(tiny_checkpoint) -> None:  # noqa: F811
+    """Never expected (no frame can kill a thread), but if a worker ever stopped the node would go on
+    receiving and answer nothing: the diagnostics say ERROR instead of a silent OK."""
+    ns = namespace("dead_thread")
+    with InProcessNode({"checkpoint": str(tiny_checkpoint)}, ns) as node, \
+            SegmentationClient(ns, outputs=("labels",), name="dead_thread_client") as client:
+        client.wait_until_served()
+        log = DiagnosticsLog(client, node.fqn)
+        node.node._threads.stop()  # as if the worker had died
+        status = log.wait_for(lambda s: s.level == DiagnosticStatus.ERROR and "thread stopped" in s.message, 0,
+                              timeout=30)
+        assert status.name == f"{node.fqn}: segmentation"
