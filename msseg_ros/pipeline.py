@@ -222,7 +222,7 @@ class InferredFrame:
     grid_wanted: bool
     received_at: float
     network_s: float  # the network's time for the batch this frame ran in
-    stream: int = 0  # the worker (and Segmenter replica) that ran it: its postprocess runs on the same
+    stream: int = 0  # the worker (and Segmenter replica) that ran it; its postprocess uses that replica too
 
 
 def name_os_thread() -> None:
