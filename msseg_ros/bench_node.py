@@ -111,7 +111,6 @@ def run(args: argparse.Namespace) -> dict:
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
     from msseg_ros.graph import NodeProcess, ros_arguments
@@ -127,37 +126,18 @@ def run(args: argparse.Namespace) -> dict:
                             env={"MSSEG_CACHE_DIR": str(args.cache_dir)} if args.cache_dir else None)
     rclpy.init()
     client = Node(f"msseg_bench_client_{os.getpid()}")
-    arrivals: dict[str, dict[int, float]] = {name: {} for name in OUTPUTS}
-
-    def callback(name):
-        def cb(data: bytes) -> None:  # serialized: only the stamp is read, the client's cost stays out
-            arrivals[name][cdr_stamp(data) // NS - STAMP_BASE] = time.perf_counter()
-
-        return cb
-
     # Reliable publisher: matches the node's best-effort input; reliable outputs match our reliable subs.
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    pub = client.create_publisher(Image, image_topic, reliable)
-    subs = {name: client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name), reliable,
-                                             raw=True) for name in OUTPUTS}
-
-    def subscribe_only(names: tuple[str, ...]) -> None:
-        """Subscribe to exactly these outputs (the node computes only what someone subscribes to)."""
-        for name in set(subs) - set(names):
-            client.destroy_subscription(subs.pop(name))
-        for name in set(names) - set(subs):
-            subs[name] = client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name),
-                                                    reliable, raw=True)
-        _wait_ready(rclpy, client, pub, list(subs.values()), node_proc, args.startup_timeout)
-
-    echo = Echo(rclpy, client, f"{namespace}_echo", reliable) if "lockstep" in modes else None
+    node = NodeEnds(rclpy, client, node_proc, namespace, reliable)
+    echo = NodeEnds(rclpy, client, NodeProcess("transport_echo", ros_arguments(f"{namespace}_echo")),
+                    f"{namespace}_echo", reliable) if "lockstep" in modes else None
     results = []
     try:
-        _wait_ready(rclpy, client, pub, list(subs.values()), node_proc, args.startup_timeout)
+        node.subscribe_only(OUTPUTS, args.startup_timeout)
         frame_id = 0
         for which in split_list(args.lockstep_outputs) if "lockstep" in modes else []:
             outputs = RATE_OUTPUTS[which]
-            subscribe_only(outputs)
+            node.subscribe_only(outputs, args.startup_timeout)
             echo.subscribe_only(outputs, args.startup_timeout)
             labels_only = outputs == ("labels",)
             for size in parse_sizes(args.sizes):
@@ -168,14 +148,8 @@ def run(args: argparse.Namespace) -> dict:
                     header = Header(frame_id="camera")
                     header.stamp.sec = STAMP_BASE + frame_id
                     msg = serialize_message(encode_image(frame, "rgb8", header))
-                    t0 = time.perf_counter()
-                    pub.publish(msg)
-                    done = spin_until(rclpy, client, lambda fid=frame_id, o=outputs: all(fid in arrivals[n] for n in o),
-                                      args.timeout, node_proc)
-                    if done:
-                        t_node = max(arrivals[n][frame_id] for n in outputs) - t0
-                    else:
-                        lost += 1
+                    t_node = node.round_trip(msg, frame_id, args.timeout)
+                    lost += t_node is None
                     t1 = time.perf_counter()
                     if labels_only:
                         bare.predict(frame)
@@ -183,12 +157,10 @@ def run(args: argparse.Namespace) -> dict:
                         bare.segment(frame, outputs)
                     t_bare = time.perf_counter() - t1
                     t_floor = echo.round_trip(msg, frame_id, args.timeout)
-                    if k >= args.warmup and done and t_floor is not None:
+                    if k >= args.warmup and t_node is not None and t_floor is not None:
                         node_t.append(t_node)
                         bare_t.append(t_bare)
                         floor_t.append(t_floor)
-                    for n in OUTPUTS:
-                        arrivals[n].pop(frame_id, None)
                     frame_id += 1
                 row = {"mode": "lockstep", "outputs": which, "bare_call": "predict" if labels_only else "segment",
                        "frame_size": list(size), "frames": len(node_t), "lost": lost,
@@ -199,8 +171,8 @@ def run(args: argparse.Namespace) -> dict:
                          f"node p50 {row['node_latency_ms']['p50']:.2f} ms, bare p50 "
                          f"{row['bare_latency_ms']['p50']:.2f} ms, overhead {100 * row['overhead_ratio']:.1f}%")
         if "rate" in modes:
-            subscribe_only(())
-            results += _rate_rows(args, rclpy, client, pub, bare, node_proc, namespace)
+            node.subscribe_only((), args.startup_timeout)
+            results += _rate_rows(args, rclpy, client, node.pub, bare, node_proc, namespace)
     except RuntimeError as exc:
         results.append({"frame_size": None, "error": str(exc)})
     finally:
@@ -227,22 +199,22 @@ def node_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-class Echo:
-    """The transport floor (module docstring): a `transport_echo` process and this client's ends of it."""
+class NodeEnds:
+    """This client's ends of a node under test (the segmentation node, or `transport_echo` for the
+    transport floor): a publisher to its `image`, raw subscriptions to the outputs asked for (only the
+    stamp is read, so the client's cost stays out), and when each output of each frame arrived."""
 
-    def __init__(self, rclpy, client, namespace: str, qos) -> None:
+    def __init__(self, rclpy, client, proc: NodeProcess, namespace: str, qos) -> None:
         from sensor_msgs.msg import Image
 
-        from msseg_ros.graph import NodeProcess, ros_arguments
-
-        self.rclpy, self.client, self.qos, self.namespace = rclpy, client, qos, namespace
+        self.rclpy, self.client, self.proc, self.qos, self.namespace = rclpy, client, proc, qos, namespace
         self.arrivals: dict[str, dict[int, float]] = {name: {} for name in OUTPUTS}
-        self.proc = NodeProcess("transport_echo", ros_arguments(namespace))
         self.pub = client.create_publisher(Image, topics.in_namespace(namespace, topics.IMAGE), qos)
         self.subs: dict[str, Any] = {}
 
     def subscribe_only(self, names: tuple[str, ...], timeout: float) -> None:
-        """The outputs the segmentation node is asked for, so that the echo answers the same ones."""
+        """Subscribe to exactly these outputs (a node computes only what someone subscribes to) and wait
+        until the node is matched on both sides."""
         from sensor_msgs.msg import Image
 
         for name in set(self.subs) - set(names):

@@ -91,8 +91,7 @@ class SegmentationNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.cameras: list[Camera] = []
-        self.segmenter: Segmenter | None = None
-        self._segmenters: list[Segmenter] = []  # one per stream; the first is `segmenter`
+        self._segmenters: list[Segmenter] = []  # one per stream (configured); the first is `segmenter`
         self.last_error = ""  # why the last configure failed
         self._active = False
         self._active_since = time.monotonic()
@@ -294,11 +293,11 @@ class SegmentationNode(LifecycleNode):
         if problem := check_road_classes(road, meta.class_names):
             raise ConfigError(f"parameter road_classes: {problem}")
         try:
-            self.segmenter = Segmenter.from_checkpoint(
+            first = Segmenter.from_checkpoint(
                 settings.checkpoint, device=str(self.device), precision=settings.precision,
                 input_size=settings.input_size, backend=settings.backend, threads=settings.threads or None,
                 streams=settings.streams)
-            self._segmenters = [self.segmenter] + [self.segmenter.replica() for _ in range(settings.streams - 1)]
+            self._segmenters = [first] + [first.replica() for _ in range(settings.streams - 1)]
             for segmenter in self._segmenters:
                 segmenter.set_road_classes(road)
             if len(self._segmenters) > 1:  # each engine request's first run (allocations) one at a time, here
@@ -421,7 +420,7 @@ class SegmentationNode(LifecycleNode):
         self._configured_names = []
         if self.segmenter is not None:
             cuda = self.segmenter.device.type == "cuda"
-            self.segmenter, self._segmenters = None, []
+            self._segmenters = []
             gc.collect()
             if cuda:
                 import torch
@@ -429,6 +428,11 @@ class SegmentationNode(LifecycleNode):
                 torch.cuda.empty_cache()
 
     # -- callbacks -----------------------------------------------------------------------------
+    @property
+    def segmenter(self) -> Segmenter | None:
+        """The first stream's Segmenter (the only one with one stream); None while unconfigured."""
+        return self._segmenters[0] if self._segmenters else None
+
     @property
     def stats(self):
         """The counters of the first (in a single-camera node: the only) camera."""

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
 from msseg_ros import topics
 from msseg_ros.cdr import deserialize, set_cdr_stamp
 from msseg_ros.direct_take import DirectTake, NotByExecutor
 from msseg_ros.graph import run_node
+from msseg_ros.image_codec import encode_image
 from msseg_ros.qos import apply_fastdds_profile, input_qos, output_qos
 
 NODE_NAME = "msseg_transport_echo"
@@ -55,10 +58,8 @@ class TransportEcho(Node):
     def _blank(encoding: str, h: int, w: int) -> bytearray:
         from rclpy.serialization import serialize_message
 
-        channels = 3 if encoding == "rgb8" else 1
-        blank = Image(height=h, width=w, encoding=encoding, step=w * channels)
-        blank.data = bytes(h * w * channels)
-        return bytearray(serialize_message(blank))
+        shape = (h, w, 3) if encoding == "rgb8" else (h, w)
+        return bytearray(serialize_message(encode_image(np.zeros(shape, np.uint8), encoding, Header())))
 
     def destroy_node(self) -> None:
         self._taker.stop()
