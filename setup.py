@@ -27,18 +27,18 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "segmentation_node = msseg_ros.segmentation_node:main",
-            "synthetic_camera = msseg_ros.synthetic_camera:main",
-            "evaluator_node = msseg_ros.evaluator_node:main",
-            "msseg-demo = msseg_ros.demo:main",
+            "segmentation_node = msseg_ros.node.segmentation_node:main",
+            "synthetic_camera = msseg_ros.tools.camera:main",
+            "evaluator_node = msseg_ros.tools.evaluator:main",
+            "msseg-demo = msseg_ros.tools.demo:main",
             "msseg-bag = msseg_ros.bag.cli:main",
-            "msseg-train = msseg_core.train:main",
-            "msseg-eval = msseg_core.evaluate:main",
-            "msseg-predict = msseg_core.predict:main",
-            "msseg-export = msseg_core.export:main",
-            "msseg-calibrate = msseg_core.calibration:main",
-            "msseg-quantize = msseg_core.quantize:main",
-            "msseg-bench = msseg_ros.bench_node:main",  # `node` there, the rest in msseg_core.bench
+            "msseg-train = msseg_core.cli.train:main",
+            "msseg-eval = msseg_core.cli.evaluate:main",
+            "msseg-predict = msseg_core.cli.predict:main",
+            "msseg-export = msseg_core.cli.export:main",
+            "msseg-calibrate = msseg_core.cli.calibrate:main",
+            "msseg-quantize = msseg_core.cli.quantize:main",
+            "msseg-bench = msseg_ros.bench.cli:main",  # `node` there, the rest in msseg_core.cli.bench
         ],
     },
 )

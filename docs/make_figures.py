@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from msseg_core import synthetic
-from msseg_core.geometry import FREE, OCCUPIED, UNKNOWN, GroundGridLookup
-from msseg_core.road import refine_road_mask
+from msseg_core.ground.projection import FREE, OCCUPIED, UNKNOWN, GroundGridLookup
+from msseg_core.ground.road_mask import refine_road_mask
 
 DOCS = Path(__file__).resolve().parent
 
@@ -80,8 +80,8 @@ def zoo_tiers_figure(path: str | Path, models: tuple[str, ...] = ("camvid", "cam
                      seeds: tuple[int, ...] = (0, 3, 7), size: tuple[int, int] = (360, 480)) -> dict[str, float]:
     """Rows: synthetic frames; columns: the frame, its true labels, each zoo model's colour mask. Returns
     each model's mIoU over these frames (the synthetic street is never trained on: a domain-shift check)."""
-    from msseg_core.inference import Segmenter
-    from msseg_core.metrics import ConfusionMatrix
+    from msseg_core.evaluation.metrics import ConfusionMatrix
+    from msseg_core.runtime.segmenter import Segmenter
 
     h, w = size
     segmenters = {name: Segmenter.from_checkpoint(name, device="cpu", backend="torch") for name in models}

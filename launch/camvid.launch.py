@@ -17,14 +17,15 @@ include sets them. `autostart:=false` leaves the node unconfigured for a lifecyc
 `launch` and `launch_ros` are imported only inside generate_launch_description(), so the module-level
 description below (executable, params file, arguments, remaps) can be imported and checked where
 `launch` is not installed; `node_arguments()` builds the plain command from the same data. Topic
-names come from `msseg_ros.topics`.
+names come from `msseg_ros.transport.topics`.
 """
 
 from __future__ import annotations
 
 import os
 
-from msseg_ros import launching, topics
+from msseg_ros.tools import launching
+from msseg_ros.transport import topics
 
 PACKAGE = "msseg_ros"
 NODE_EXECUTABLE = "segmentation_node"  # console script in setup.py

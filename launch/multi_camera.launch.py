@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 
-from msseg_ros import launching, topics
-from msseg_ros.cameras import check_camera_names
+from msseg_ros.node.cameras import check_camera_names
+from msseg_ros.tools import launching
+from msseg_ros.transport import topics
 
 PACKAGE = "msseg_ros"
 NODE_EXECUTABLE = "segmentation_node"

@@ -13,14 +13,15 @@ The same wiring without `launch` (not installable from PyPI), in one process tre
 
 `launch` and `launch_ros` are imported only inside generate_launch_description(); the module-level
 data and `commands()` (the three plain command lines) can be imported and checked without them.
-Topic names come from `msseg_ros.topics`.
+Topic names come from `msseg_ros.transport.topics`.
 """
 
 from __future__ import annotations
 
 import os
 
-from msseg_ros import launching, topics
+from msseg_ros.tools import launching
+from msseg_ros.transport import topics
 
 PACKAGE = "msseg_ros"
 NODE_EXECUTABLE = "segmentation_node"

@@ -158,11 +158,59 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval(), meta
 
 
-def default_checkpoint() -> Path:
-    """The default zoo model's packaged file (zoo.py: `camvid`)."""
-    from msseg_core.zoo import DEFAULT_MODEL, zoo_path
+def read_meta(spec: str | os.PathLike | None) -> tuple[Path, CheckpointMeta]:
+    """The one way from what a user typed (a zoo name, '' for the default model, a .safetensors
+    checkpoint or an .onnx export) to its file and metadata, without loading weights: the node's
+    parameters, the evaluator, the demo, msseg-bag and the benches all resolve through here."""
+    from msseg_core.zoo import resolve_checkpoint
 
     try:
-        return zoo_path(DEFAULT_MODEL)
-    except FileNotFoundError as exc:
+        path = resolve_checkpoint(spec)
+    except (ValueError, FileNotFoundError) as exc:
         raise CheckpointError(str(exc)) from None
+    return path, (load_onnx_meta(path) if path.suffix.lower() == ".onnx" else load_meta(path))
+
+
+# ------------------------------------------------------------------------------- in ONNX files
+# The same metadata travels in an ONNX file's metadata_props (msseg-export, msseg-quantize), so a bare
+# .onnx file runs in Segmenter and the node as a checkpoint does.
+ONNX_FORMAT = "msseg-onnx/1"
+
+
+def onnx_metadata(meta: CheckpointMeta, extra: dict | None = None) -> dict[str, str]:
+    """metadata_props entries: the full metadata JSON, plus readable per-field keys for other tools."""
+    props = {
+        "msseg.format": ONNX_FORMAT,
+        "msseg.meta": meta.to_json(),
+        "model": meta.model,
+        "class_names": json.dumps(meta.class_names),
+        "palette": json.dumps(meta.palette),
+        "road_classes": json.dumps(meta.road_classes),
+        "mean": json.dumps(meta.mean),
+        "std": json.dumps(meta.std),
+        "input_size": json.dumps(meta.input_size),
+        "input_layout": "NCHW float, (x / 255 - mean) / std, RGB",
+    }
+    props.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    return props
+
+
+def meta_from_props(props: dict[str, str], source: str = "ONNX model") -> CheckpointMeta:
+    """Rebuild CheckpointMeta from metadata_props (ONNX Runtime's custom_metadata_map is the same dict)."""
+    if props.get("msseg.format") != ONNX_FORMAT or "msseg.meta" not in props:
+        raise CheckpointError(f"{source} carries no msseg metadata (export it with msseg-export)")
+    return CheckpointMeta.from_json(props["msseg.meta"])
+
+
+def load_onnx_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """The metadata embedded in an ONNX file written by `export_onnx`."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX model not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises assorted errors on corrupt files
+        raise CheckpointError(f"cannot read ONNX model {path}: {exc}") from None
+    return meta_from_props({p.key: p.value for p in proto.metadata_props}, str(path))

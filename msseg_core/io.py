@@ -58,17 +58,23 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, durable: bool = False) 
     return write_text_atomic(path, json.dumps(obj, indent=2) + "\n", durable=durable)
 
 
-def save_figure(fig: Any, path: str | os.PathLike, tight: bool = True) -> Path:
-    """Write a matplotlib figure (atomically; PNG by the path's extension) and free it: figures are
-    large, and pyplot keeps every open one alive."""
-    import matplotlib.pyplot as plt
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure that draws with Agg without touching pyplot or the process's backend: library
+    code must not change global state (pyplot's backend, its list of open figures) of a program that
+    imports it. `kwargs` go to Figure (figsize, dpi); use fig.subplots / fig.add_gridspec on it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike, tight: bool = True) -> Path:
+    """Write a figure from `new_figure` atomically (the format from the path's extension, PNG by default)."""
     path = Path(path)
     if tight:
         fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"),
-                     suffix=".tmp" + path.suffix, durable=False)
-    finally:
-        plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"),
+                 suffix=".tmp" + path.suffix, durable=False)
     return path

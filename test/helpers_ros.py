@@ -1,7 +1,7 @@
 """Shared utilities for tests that drive msseg ROS nodes over real DDS.
 
 - `image_in_encoding`: an RGB frame as a sensor_msgs/Image in any supported encoding, with row padding.
-- `node_args`: the test settings as `--ros-args`, for msseg_ros.graph.NodeProcess (a node started as a
+- `node_args`: the test settings as `--ros-args`, for msseg_ros.transport.graph.NodeProcess (a node started as a
   subprocess the way users start it).
 - `InProcessNode`: the SegmentationNode on its own rclpy Context and executor thread (no start-up cost).
 - `SegmentationClient`: a client node (own Context) that publishes frames, collects the node's outputs
@@ -39,11 +39,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from msseg_ros import topics
-from msseg_ros.graph import PrivateContext, ros_arguments
-from msseg_ros.image_codec import encode_image
-from msseg_ros.pipeline import COUNTERS
-from msseg_ros.qos import apply_fastdds_profile
+from msseg_ros.node.pipeline import COUNTERS
+from msseg_ros.transport import topics
+from msseg_ros.transport.graph import PrivateContext, ros_arguments
+from msseg_ros.transport.image_codec import encode_image
+from msseg_ros.transport.qos import apply_fastdds_profile
 
 apply_fastdds_profile()
 
@@ -155,7 +155,7 @@ class InProcessNode(contextlib.AbstractContextManager):
     """SegmentationNode with FAST_PARAMS updated by `parameters`, spun in a background thread."""
 
     def __init__(self, parameters: dict[str, Any], namespace: str = "", node_name: str = "msseg_node"):
-        from msseg_ros.segmentation_node import SegmentationNode
+        from msseg_ros.node.segmentation_node import SegmentationNode
 
         self._ros = PrivateContext()
         overrides = [Parameter(k, value=v) for k, v in {**FAST_PARAMS, **parameters}.items()]

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from msseg_core import engines, inference
-from msseg_core.backends import TorchBackend, fold_batchnorm, ort_providers
 from msseg_core.checkpoint import load_checkpoint
-from msseg_core.inference import OUTPUTS, Segmenter
+from msseg_core.runtime import segmenter as inference
+from msseg_core.runtime.engines import factory as engines
+from msseg_core.runtime.engines.torch_ort import TorchEngine, fold_batchnorm, ort_providers
+from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
 
 # One intra-op thread: on a shared, oversubscribed CI machine OpenMP barriers make 2-thread PyTorch
 # calls on tiny tensors 100x slower; the numerics do not depend on it.
@@ -208,10 +209,19 @@ def test_outputs_are_fresh_arrays_not_reused_buffers(segmenters, path, monkeypat
     assert torch.equal(logits, kept_logits)
 
 
-def test_threads_option_sets_the_intra_op_pool(ckpt):
-    torch.set_num_threads(2)
-    seg = Segmenter.from_checkpoint(ckpt, device="cpu", backend="torch", threads=1, fuse=False)
-    assert torch.get_num_threads() == 1 and seg.describe()["threads"] == 1
+def test_threads_leave_the_process_pool_to_the_program(ckpt):
+    """A library must not change process-wide state: Segmenter leaves PyTorch's pool as the program set it
+    (and says what it runs with); the programs set it once with configure_process."""
+    from msseg_core.cli.common import configure_process
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seg = Segmenter.from_checkpoint(ckpt, device="cpu", backend="torch", threads=1, fuse=False)
+        assert torch.get_num_threads() == 2 and seg.describe()["threads"] == 2
+        assert configure_process(1) == 1 and torch.get_num_threads() == 1 and seg.describe()["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
     with pytest.raises(ValueError, match="threads"):
         Segmenter.from_checkpoint(ckpt, device="cpu", backend="torch", threads=-1)
     with pytest.raises(ValueError, match="backend"):
@@ -297,7 +307,7 @@ def test_torch_backend_folds_real_models_and_ignores_cuda_graphs_on_cpu(ckpt, ca
     with torch.no_grad():
         ref = model.eval()(x)
     with caplog.at_level(logging.WARNING):
-        net = TorchBackend(model, torch.device("cpu"), input_size=(48, 64), cuda_graphs=True)
+        net = TorchEngine(model, torch.device("cpu"), input_size=(48, 64), cuda_graphs=True)
     assert net.folded > 0 and not net.cuda_graphs and "cuda_graphs" in caplog.text
     torch.testing.assert_close(net(x), ref, atol=1e-4, rtol=1e-4)
 

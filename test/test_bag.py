@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
-from msseg_ros import topics
 from msseg_ros.bag import cli
 from msseg_ros.bag.evaluate import evaluate_bag
 from msseg_ros.bag.info import BAG_VERSION, bag_info
 from msseg_ros.bag.make import CAMVID_HFOV_DEG, frame_key, make_bag
 from msseg_ros.bag.record import record_bag
-from msseg_ros.cdr import typestore
-from msseg_ros.messages import mono8_array, stamp_ns
+from msseg_ros.transport import topics
+from msseg_ros.transport.cdr import typestore
+from msseg_ros.transport.messages import mono8_array, stamp_ns
 
 pytestmark = pytest.mark.ros
 
@@ -30,7 +30,7 @@ SIZE = (48, 64)  # (height, width)
 
 @pytest.fixture(scope="module")
 def camvid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from msseg_core.data import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     return write_fake_camvid(tmp_path_factory.mktemp("camvid"), "test", n=N_FRAMES, size=SIZE, seed=3)
 
@@ -51,7 +51,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def segmenter(checkpoint: Path):
-    from msseg_core.inference import Segmenter
+    from msseg_core.runtime.segmenter import Segmenter
 
     # backend torch: the comparison must not depend on which backend 'auto' times faster today.
     return Segmenter.from_checkpoint(checkpoint, device="cpu", backend="torch", threads=1)
@@ -144,8 +144,8 @@ def test_frame_key_orders_camvid_names() -> None:
 
 def test_eval_equals_msseg_eval(tmp_path: Path, mcap_bag: Path, camvid_root: Path, checkpoint: Path,
                                 dataset, segmenter, capsys: pytest.CaptureFixture) -> None:
-    from msseg_core.evaluate import evaluate_split
-    from msseg_core.evaluate import main as eval_main
+    from msseg_core.cli.evaluate import main as eval_main
+    from msseg_core.evaluation.evaluate import evaluate_split
 
     report = evaluate_bag(mcap_bag, segmenter)
     direct = evaluate_split(segmenter, dataset)
@@ -172,7 +172,7 @@ def test_compressed_bags(tmp_path: Path, dataset, segmenter) -> None:
     assert png["image_topic"] == topics.CAMERA_COMPRESSED_IMAGE
     reference = evaluate_bag(tmp_path / "png", segmenter)
     assert reference["image_topic"] == topics.CAMERA_COMPRESSED_IMAGE and reference["num_images"] == N_FRAMES
-    from msseg_core.evaluate import evaluate_split
+    from msseg_core.evaluation.evaluate import evaluate_split
 
     assert reference["confusion_matrix"] == evaluate_split(segmenter, dataset).mat.tolist()  # PNG is lossless
     make_bag(dataset, tmp_path / "jpeg", image_format="jpeg", jpeg_quality=90)
@@ -218,7 +218,7 @@ def test_record_writes_a_readable_bag(tmp_path: Path) -> None:
     from nav_msgs.msg import OccupancyGrid
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-    from msseg_ros.graph import PrivateContext
+    from msseg_ros.transport.graph import PrivateContext
 
     ns = namespace("rec")
     types = {"image": Image, "compressed": CompressedImage, "info": CameraInfo, "grid": OccupancyGrid,

@@ -8,9 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from msseg_core import bench
+from msseg_core.bench import options, timing
+from msseg_core.bench import segmenter as bench_segmenter
 from msseg_core.checkpoint import load_checkpoint
-from msseg_core.inference import OUTPUTS, Segmenter
+from msseg_core.cli import bench
+from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
 
 LATENCY_KEYS = {"p50", "p99", "mean", "min"}
 
@@ -60,9 +62,9 @@ def test_segmenter_bench_compares_backends_on_the_same_frames(tiny_checkpoint, t
 
 def test_naive_reference_agrees_with_the_segmenter(tiny_checkpoint):
     model, meta = load_checkpoint(tiny_checkpoint)
-    naive = bench.NaiveSegmenter(model, meta, device="cpu")
+    naive = bench_segmenter.NaiveSegmenter(model, meta, device="cpu")
     seg = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch", threads=1)
-    for rgb in bench.synthetic_frames(2, 70, 90):
+    for rgb in bench_segmenter.synthetic_frames(2, 70, 90):
         a, b = naive.segment(rgb), seg.segment(rgb)
         assert set(a) == set(b) == set(OUTPUTS)
         same = a["labels"] == b["labels"]
@@ -76,12 +78,12 @@ def test_naive_reference_agrees_with_the_segmenter(tiny_checkpoint):
 
 def test_timing_helpers_and_argument_errors():
     calls = []
-    stats = bench.time_calls(lambda: calls.append(1), warmup=2, iters=5, max_seconds=60)
+    stats = timing.time_calls(lambda: calls.append(1), warmup=2, iters=5, max_seconds=60)
     assert len(calls) == 2 + 5 and stats["iters"] == 5 and set(stats["latency_ms"]) == LATENCY_KEYS
-    assert bench.parse_sizes("360x480, 720X960") == [(360, 480), (720, 960)]
+    assert options.parse_sizes("360x480, 720X960") == [(360, 480), (720, 960)]
     for bad in ("360", "0x10", ""):
         with pytest.raises(SystemExit):
-            bench.parse_sizes(bad)
+            options.parse_sizes(bad)
     with pytest.raises(SystemExit, match="unknown models"):
         bench.main(["model", "--models", "resnet9000", "--iters", "1"])
 
@@ -89,9 +91,9 @@ def test_timing_helpers_and_argument_errors():
 @pytest.mark.ros
 @pytest.mark.slow
 def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint, tmp_path):
-    """`msseg-bench node` (msseg_ros.bench_node behind the msseg-bench console script): the documented
+    """`msseg-bench node` (msseg_ros.bench.node behind the msseg-bench console script): the documented
     rows, consistent with one another. How fast anything ran is not asserted."""
-    from msseg_ros import bench_node
+    from msseg_ros.bench import cli as bench_node
 
     status = bench_node.main(["node", "--checkpoint", str(tiny_checkpoint), "--sizes", "48x64", "--frames", "3",
                          "--warmup", "1", "--threads", "1", "--timeout", "30", "--startup-timeout", "120",
@@ -135,7 +137,7 @@ def test_node_bench_measures_the_node_against_the_bare_segmenter(tiny_checkpoint
 
 @pytest.mark.ros
 def test_msseg_bench_hands_node_to_msseg_ros_and_the_rest_to_msseg_core(capsys, tmp_path):
-    from msseg_ros import bench_node
+    from msseg_ros.bench import cli as bench_node
 
     with pytest.raises(SystemExit) as info:
         bench_node.main(["node", "--modes", "rate", "--rate-outputs", "labels,depth"])
@@ -153,7 +155,7 @@ def test_msseg_bench_hands_node_to_msseg_ros_and_the_rest_to_msseg_core(capsys, 
 def test_node_bench_cameras_compares_one_node_with_n_nodes(tiny_checkpoint, tmp_path):
     """`msseg-bench node --cameras 1,2`: for each N, one node with N cameras and N single-camera nodes
     fed the same frames; the documented rows, consistent with one another. No speed is asserted."""
-    from msseg_ros import bench_node
+    from msseg_ros.bench import cli as bench_node
 
     status = bench_node.main(["node", "--checkpoint", str(tiny_checkpoint), "--cameras", "1,2", "--sizes", "48x64",
                               "--phase-seconds", "1", "--rounds", "2", "--threads", "1", "--device", "cpu",

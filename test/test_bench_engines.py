@@ -5,21 +5,21 @@ import json
 
 import pytest
 
-from msseg_core import bench, quantize
+from msseg_core.cli import bench
+from msseg_core.cli import quantize as quantize_cli
 
 T = ["--iters", "2", "--warmup", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def ckpt_with_int8(tmp_path_factory):
+    from fake_datasets import write_fake_camvid
     from tiny_model import write_tiny_checkpoint
-
-    from msseg_core.data import write_fake_camvid
 
     root = tmp_path_factory.mktemp("camvid")
     write_fake_camvid(root, "train", n=3, size=(48, 64))
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("c") / "tiny.safetensors", input_size=(48, 64))
-    assert quantize.main(["--checkpoint", str(ckpt), "--data-root", str(root), "--frames", "3"]) == 0
+    assert quantize_cli.main(["--checkpoint", str(ckpt), "--data-root", str(root), "--frames", "3"]) == 0
     return ckpt
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from msseg_core.calibration import Reliability, fit_temperature, main
 from msseg_core.checkpoint import load_checkpoint, load_meta, stored_half
 from msseg_core.classes import IGNORE_INDEX
-from msseg_core.inference import Segmenter
+from msseg_core.cli.calibrate import main
+from msseg_core.evaluation.temperature import Reliability, fit_temperature
+from msseg_core.runtime.segmenter import Segmenter
 
 
 def sampled(true_t: float, n: int = 20000, classes: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +66,7 @@ def test_segmenter_divides_logits_by_the_checkpoint_temperature(tiny_checkpoint)
 
 @pytest.mark.slow
 def test_msseg_calibrate_writes_the_temperature_into_a_loadable_checkpoint(tmp_path, tiny_checkpoint, capsys):
-    from msseg_core.data.fake import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     write_fake_camvid(tmp_path / "camvid", "val", n=3, size=(32, 48), seed=1)
     out = tmp_path / "calibrated.safetensors"

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from msseg_core.camera import CameraError, CameraPose, PinholeCamera
+from msseg_core.ground.camera import CameraError, CameraPose, PinholeCamera
 
 POSE = CameraPose(x=0.4, y=-0.2, height=1.4, roll=0.03, pitch=0.12, yaw=-0.05)
 K = np.array([[610.0, 0.0, 652.5], [0.0, 605.0, 481.0], [0.0, 0.0, 1.0]])

@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from msseg_ros import health, node_parameters
-from msseg_ros.cameras import Camera, check_camera_names, stray_camera_parameter
-from msseg_ros.pipeline import CameraMailboxes, FrameStats, FrameThreads, InferredFrame, InputState
-from msseg_ros.road_grid import RoadGridBuilder
+from msseg_ros.node import health
+from msseg_ros.node.cameras import Camera, auto_streams, check_camera_names, stray_camera_parameter
+from msseg_ros.node.pipeline import CameraMailboxes, FrameStats, FrameThreads, InferredFrame, InputState
+from msseg_ros.node.road_grid import RoadGridBuilder
 
-pytestmark = pytest.mark.ros  # imports nav_msgs (road_grid)
+# No rclpy here: the node's threading core, cameras and health rules run without ROS (`make test-fast`).
 
 
 def test_mailboxes_take_every_pending_camera_round_robin() -> None:
@@ -151,9 +151,8 @@ def test_a_worker_outlives_an_unexpected_failure() -> None:
     (3, 0, "cpu", 8, 1),  # threads 0: one stream already takes every core
     (4, 1, "cuda", 8, 1),  # one GPU
 ])
-def test_auto_streams(monkeypatch, cameras, threads, device, cores, expected) -> None:
-    monkeypatch.setattr(node_parameters, "default_threads", lambda: cores)
-    assert node_parameters.auto_streams(cameras, threads, device) == expected
+def test_auto_streams(cameras, threads, device, cores, expected) -> None:
+    assert auto_streams(cameras, threads, device, cores) == expected
 
 
 @pytest.mark.parametrize(("names", "problem"), [

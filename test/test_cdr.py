@@ -8,7 +8,7 @@ pytest.importorskip("rclpy")
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
-from msseg_ros import cdr  # noqa: E402
+from msseg_ros.transport import cdr  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

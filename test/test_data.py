@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from fake_datasets import write_fake_camvid, write_fake_cityscapes, write_fake_kitti_road
 
 from msseg_core.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from msseg_core.classes import CAMVID, CITYSCAPES, IGNORE_INDEX, KITTI_ROAD
@@ -18,9 +19,6 @@ from msseg_core.data import (
     SegmentationDataset,
     TrainTransform,
     build_dataset,
-    write_fake_camvid,
-    write_fake_cityscapes,
-    write_fake_kitti_road,
 )
 from msseg_core.data.datasets import CAMVID32
 

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_model import write_tiny_checkpoint  # noqa: E402
 
-from msseg_ros import topics  # noqa: E402
+from msseg_ros.transport import topics  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def run_demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     script = Path(sys.executable).parent / "msseg-demo"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "msseg_ros.demo"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "msseg_ros.tools.demo"]
     return subprocess.run(cmd + list(args), env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -154,7 +154,7 @@ def test_demo_rejects_a_missing_checkpoint(tmp_path):
                                     "/data/drives/2026-11-30/a/very/long/folder/path/of/camera_front/images"])
 def test_montage_title_source_fits(source: str) -> None:
     """`make demo INPUT=<long path>`: the montage title shows the path's end, short enough to fit."""
-    from msseg_ros.demo import shorten_source
+    from msseg_ros.tools.demo import shorten_source
 
     short = shorten_source(source)
     assert len(short) <= 48
@@ -168,7 +168,7 @@ def test_demo_takes_zoo_names_and_paths(tmp_path) -> None:
     """`msseg-demo --checkpoint camvid_fast` runs the fast zoo model; a path still works; a missing one is
     one clear error."""
     from msseg_core.zoo import zoo_path
-    from msseg_ros.demo import DemoError, resolve_checkpoint
+    from msseg_ros.tools.demo import DemoError, resolve_checkpoint
 
     assert resolve_checkpoint("camvid_fast") == zoo_path("camvid_fast")
     assert resolve_checkpoint(str(zoo_path("camvid"))) == zoo_path("camvid")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from msseg_core import train as train_mod
 from msseg_core.classes import IGNORE_INDEX
-from msseg_core.config import RecipeError, load_recipe
 from msseg_core.data.gpu import GpuResidentData
-from msseg_core.distill import DistillationLoss
 from msseg_core.models.encoders import pretrained_path, read_state_dict
+from msseg_core.training import train as train_mod
+from msseg_core.training.distill import DistillationLoss
+from msseg_core.training.recipe import RecipeError, load_recipe
 
 PRETRAINED = """
 model: {name: mssanet, args: {encoder: efficientnet_lite0, decoder_width: 0.25}, encoder_weights: imagenet}
@@ -34,7 +34,7 @@ distill: {teacher: TEACHER, weight: 1.0, temperature: 2.0, target_scale: 0.5}
 
 @pytest.fixture(scope="module")
 def camvid_root(tmp_path_factory) -> Path:
-    from msseg_core.data.fake import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     root = tmp_path_factory.mktemp("camvid")
     write_fake_camvid(root, "train", n=8, size=(32, 48), seed=0)
@@ -55,8 +55,8 @@ def test_fine_tuning_starts_from_imagenet_weights_and_moves_the_encoder_slowly(t
     groups_seen = []
     make = train_mod.make_optimizer
 
-    def spy(model, rec):
-        opt = make(model, rec)
+    def spy(model, rec, extra=()):
+        opt = make(model, rec, extra)
         groups_seen.append([(g["lr"], len(g["params"])) for g in opt.param_groups])
         start = {k: v.clone() for k, v in model.encoder.state_dict().items()}
         groups_seen.append(start)

@@ -33,8 +33,8 @@ def free_port() -> int:
 def worker(rank: int, world: int, ports: list[int], tmp: str) -> None:
     """One rank, as torchrun would start it; saves the weights it ends with."""
     torch.set_num_threads(1)
-    from msseg_core.config import load_recipe
-    from msseg_core.train import fit
+    from msseg_core.training.recipe import load_recipe
+    from msseg_core.training.train import fit
 
     for pipeline, port in zip(PIPELINES, ports, strict=True):
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slow  # real DDP runs (two processes)
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
-    from msseg_core.data.fake import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     tmp = tmp_path_factory.mktemp("ddp")
     data = write_fake_camvid(tmp / "data", "train", n=9, size=(32, 48), seed=0)  # 9: ranks get padded shards
@@ -94,8 +94,8 @@ def test_ranks_end_identical_with_one_set_of_checkpoints(ddp_runs, pipeline):
 def test_val_metrics_cover_the_whole_split(ddp_runs, pipeline):
     """The logged mIoU equals a single-process evaluation of the saved model on all val images."""
     from msseg_core.data import build_dataset
-    from msseg_core.evaluate import evaluate_split
-    from msseg_core.inference import Segmenter
+    from msseg_core.evaluation.evaluate import evaluate_split
+    from msseg_core.runtime.segmenter import Segmenter
 
     tmp, data = ddp_runs
     seg = Segmenter.from_checkpoint(tmp / pipeline / "last.safetensors", device="cpu", backend="torch", fuse=False,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from msseg_core import engines
-from msseg_core.backends import EngineUnavailable
 from msseg_core.checkpoint import load_checkpoint
-from msseg_core.engine_cache import blob_path, load_or_build
-from msseg_core.inference import Segmenter
+from msseg_core.runtime.engines import factory as engines
+from msseg_core.runtime.engines.cache import blob_path, load_or_build
+from msseg_core.runtime.engines.torch_ort import EngineUnavailable
+from msseg_core.runtime.segmenter import Segmenter
 from msseg_core.synthetic import render_scene
 
 T1 = {"device": "cpu", "threads": 1}
@@ -130,7 +130,7 @@ def test_openvino_engine_is_cached_and_rebuilt_when_stale_or_corrupt(ckpt, cache
     pytest.importorskip("openvino")
     import openvino
 
-    from msseg_core import openvino_backend
+    from msseg_core.runtime.engines import openvino_engine as openvino_backend
 
     first = Segmenter.from_checkpoint(ckpt, backend="openvino", cache_dir=tmp_path, **T1)
     assert first.describe()["engine_cache"] == "built"
@@ -172,10 +172,10 @@ def test_missing_engines_give_one_line_errors(ckpt, cache, monkeypatch):
         Segmenter.from_checkpoint(ckpt, backend="openvino", cache_dir=cache, **T1)
     assert "\n" not in str(info.value)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    from msseg_core.tensorrt_backend import TensorRTBackend
+    from msseg_core.runtime.engines.tensorrt_engine import TensorRTEngine
 
     with pytest.raises(EngineUnavailable, match=r"pip install tensorrt-cu12"):
-        TensorRTBackend(cache / "x.onnx", torch.device("cuda"))
+        TensorRTEngine(cache / "x.onnx", torch.device("cuda"))
     # TensorRT is for CUDA devices: asked for on the CPU, the error says what to use instead.
     with pytest.raises(ValueError, match="backend tensorrt does not run on cpu"):
         Segmenter.from_checkpoint(ckpt, backend="tensorrt", cache_dir=cache, **T1)
@@ -187,13 +187,13 @@ def test_missing_engines_give_one_line_errors(ckpt, cache, monkeypatch):
 def test_tensorrt_without_a_gpu_says_so(monkeypatch, tmp_path):
     import types
 
-    from msseg_core import tensorrt_backend
+    from msseg_core.runtime.engines import tensorrt_engine as tensorrt_backend
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0"))
     with pytest.raises(EngineUnavailable, match="needs a CUDA GPU, and none is available"):
-        tensorrt_backend.TensorRTBackend(tmp_path / "m.onnx", torch.device("cuda"))
+        tensorrt_backend.TensorRTEngine(tmp_path / "m.onnx", torch.device("cuda"))
     with pytest.raises(EngineUnavailable, match="needs a CUDA device, got cpu"):
-        tensorrt_backend.TensorRTBackend(tmp_path / "m.onnx", torch.device("cpu"))
+        tensorrt_backend.TensorRTEngine(tmp_path / "m.onnx", torch.device("cpu"))
     # 'auto' on the CPU never considers TensorRT, even where the package is installed.
     monkeypatch.setattr(engines, "engine_versions", lambda: {"torch": "x", "onnxruntime": "x", "openvino": "x",
                                                              "tensorrt": "11.4.0"})
@@ -202,7 +202,7 @@ def test_tensorrt_without_a_gpu_says_so(monkeypatch, tmp_path):
 
 
 def test_tensorrt_engine_key_names_the_gpu_precision_size_and_version(tmp_path):
-    from msseg_core.tensorrt_backend import cache_key
+    from msseg_core.runtime.engines.tensorrt_engine import cache_key
 
     base = dict(onnx_sha256="a" * 64, input_size=(512, 768), precision="fp16", version="11.4.0",
                 gpu_name="NVIDIA H100", capability=(9, 0), source_digest="ckpt")
@@ -214,9 +214,9 @@ def test_tensorrt_engine_key_names_the_gpu_precision_size_and_version(tmp_path):
 
 
 def test_tensorrt_cuda_graph_capture_failure_falls_back_to_direct_enqueue(caplog):
-    from msseg_core.tensorrt_backend import TensorRTBackend
+    from msseg_core.runtime.engines.tensorrt_engine import TensorRTEngine
 
-    net = object.__new__(TensorRTBackend)  # the capture step alone: no GPU, no engine needed
+    net = object.__new__(TensorRTEngine)  # the capture step alone: no GPU, no engine needed
     net._stream = None
     net.context = None
     with caplog.at_level(logging.WARNING):
@@ -272,7 +272,7 @@ def test_auto_skips_engines_that_are_not_installed(monkeypatch):
 
 def test_auto_never_picks_an_engine_that_disagrees(ckpt, cache, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
-    from msseg_core.openvino_backend import OpenVinoBackend
+    from msseg_core.runtime.engines.openvino_engine import OpenVinoEngine
 
     def fake_race(times):
         def race(nets, x, budget):
@@ -287,8 +287,8 @@ def test_auto_never_picks_an_engine_that_disagrees(ckpt, cache, tmp_path, monkey
     assert auto["choice"] == "openvino" and auto["timings_ms"]["openvino"] == 100.0
     assert auto["agreement"]["openvino"] >= 0.99 and not auto["cached"]
     # Now OpenVINO's logits are scrambled (a broken engine): still the fastest, never chosen.
-    real_call = OpenVinoBackend.__call__
-    monkeypatch.setattr(OpenVinoBackend, "__call__", lambda self, x: real_call(self, x).flip(1))
+    real_call = OpenVinoEngine.__call__
+    monkeypatch.setattr(OpenVinoEngine, "__call__", lambda self, x: real_call(self, x).flip(1))
     seg = Segmenter.from_checkpoint(ckpt, cache_dir=tmp_path / "broken", **T1)
     assert seg.backend == "onnxruntime"
     assert seg.describe()["auto"]["agreement"]["openvino"] < 0.99

@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from msseg_core.classes import CAMVID, IGNORE_INDEX, KITTI_ROAD
-from msseg_core.evaluate import REPORT_KEYS, evaluate_split, main
-from msseg_core.inference import Segmenter
+from msseg_core.cli.evaluate import main
+from msseg_core.evaluation.evaluate import REPORT_KEYS, evaluate_split
+from msseg_core.runtime.segmenter import Segmenter
 
 
 @pytest.fixture(scope="module")
 def camvid_root(tmp_path_factory) -> Path:
-    from msseg_core.data.fake import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     return write_fake_camvid(tmp_path_factory.mktemp("camvid"), "val", n=4, size=(32, 48), seed=1)
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from tiny_model import TINY_MODEL, write_tiny_checkpoint
 
-from msseg_core.checkpoint import CheckpointError, load_checkpoint
-from msseg_core.export import example_input, export_onnx, load_onnx_meta, load_torchscript, main
-from msseg_core.inference import Segmenter
+from msseg_core.checkpoint import CheckpointError, load_checkpoint, load_onnx_meta
+from msseg_core.cli.export import main
+from msseg_core.runtime.artifacts import example_input, export_onnx, load_torchscript
+from msseg_core.runtime.segmenter import Segmenter
 
 T1 = {"device": "cpu", "threads": 1}  # see test_backends.py: fast and deterministic on a shared CPU
 
@@ -103,7 +104,7 @@ def test_dynamic_and_fp16_onnx_exports_pass_their_checks(tiny_checkpoint, micro_
 
 
 def test_legacy_exporter_refuses_dynamic_height_and_width(tiny_checkpoint, tmp_path, monkeypatch):
-    from msseg_core import export
+    from msseg_core.runtime import artifacts as export
 
     model, meta = load_checkpoint(tiny_checkpoint)
     monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no dynamo")))

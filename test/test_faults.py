@@ -36,16 +36,17 @@ from helpers_ros import (
 )
 from safetensors.torch import load_file, save_file
 
-import msseg_ros.segmentation_node as node_mod
+import msseg_ros.node.segmentation_node as node_mod
 from msseg_core import checkpoint as ckpt
-from msseg_core import train as train_mod
 from msseg_core.checkpoint import CheckpointMeta, load_checkpoint, load_meta, save_checkpoint
-from msseg_core.inference import Segmenter
+from msseg_core.cli import train as train_cli
 from msseg_core.models import build_model
-from msseg_core.train_state import load_train_state
-from msseg_ros.graph import NodeProcess
-from msseg_ros.pipeline import all_accounted
-from msseg_ros.segmentation_node import ConfigError
+from msseg_core.runtime.segmenter import Segmenter
+from msseg_core.training import train as train_mod
+from msseg_core.training.state import load_train_state
+from msseg_ros.node.pipeline import all_accounted
+from msseg_ros.node.segmentation_node import ConfigError
+from msseg_ros.transport.graph import NodeProcess
 
 pytestmark = pytest.mark.ros
 
@@ -305,7 +306,7 @@ train: {{epochs: {epochs}, batch_size: 4, val_batch_size: 4, class_weighting: mf
 
 
 def _camvid(root: Path, n_train: int = 8) -> Path:
-    from msseg_core.data.fake import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     write_fake_camvid(root, "train", n=n_train, size=(32, 48), seed=0)
     write_fake_camvid(root, "val", n=4, size=(32, 48), seed=1)
@@ -337,7 +338,7 @@ def test_training_names_the_broken_dataset_file(tmp_path: Path, capsys, pipeline
         cv2.imwrite(str(label), values)
         culprit = label
     recipe = _recipe(tmp_path / "r.yaml", root, epochs=1, pipeline=pipeline)
-    assert train_mod.main(["--config", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert train_cli.main(["--config", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("msseg-train: error:") and str(culprit) in err, err
     assert len(err.strip().splitlines()) == 1, err
@@ -353,7 +354,7 @@ def test_training_names_an_unreadable_image_read_by_a_loader_worker(tmp_path: Pa
     image.write_bytes(image.read_bytes()[:40])
     recipe = _recipe(tmp_path / "r.yaml", root, epochs=1, pipeline="loader")
     recipe.write_text(recipe.read_text().replace("workers: 0", "workers: 2"))
-    proc = subprocess.run([sys.executable, "-m", "msseg_core.train", "--config", str(recipe), "--out",
+    proc = subprocess.run([sys.executable, "-m", "msseg_core.training.train", "--config", str(recipe), "--out",
                            str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("msseg-train: error:")]
@@ -370,10 +371,10 @@ STATE = "train_state.safetensors"
 
 
 class Trainer:
-    """`python -m msseg_core.train` in a subprocess, stdout in a file."""
+    """`python -m msseg_core.training.train` in a subprocess, stdout in a file."""
 
     def __init__(self, recipe: Path, out: Path, resume: bool, log: Path):
-        cmd = [sys.executable, "-m", "msseg_core.train", "--config", str(recipe), "--out", str(out)]
+        cmd = [sys.executable, "-m", "msseg_core.training.train", "--config", str(recipe), "--out", str(out)]
         self.log = log
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(cmd + (["--resume"] if resume else []), stdout=fh,
@@ -438,7 +439,7 @@ def _check_run_folder(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_training_killed_at_random_moments_resumes_losing_at_most_one_epoch(tmp_path: Path) -> None:
-    """Real `msseg_core.train` processes, SIGKILLed at random moments and while writing checkpoints;
+    """Real `msseg_core.training.train` processes, SIGKILLed at random moments and while writing checkpoints;
     `--resume` after each kill. After every kill each checkpoint file present loads; a resumed run
     starts from the last epoch the killed one reported done or the next (at most the epoch in progress
     is redone); the last run reaches the final epoch with one metrics row per epoch."""
@@ -503,9 +504,9 @@ def test_two_kills_between_checkpoint_and_state(tmp_path: Path, monkeypatch: pyt
         with monkeypatch.context() as m:
             _interrupt_before_state(m, epoch)
             with pytest.raises(Interrupt):
-                train_mod.main(["--config", str(recipe), "--out", str(out), "--quiet", *args])
+                train_cli.main(["--config", str(recipe), "--out", str(out), "--quiet", *args])
     assert load_meta(out / "last.safetensors").metrics["epoch"] == 3
-    assert train_mod.main(["--config", str(recipe), "--resume", "--out", str(out), "--quiet"]) == 0
+    assert train_cli.main(["--config", str(recipe), "--resume", "--out", str(out), "--quiet"]) == 0
 
 
 def test_kill_between_checkpoint_and_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,8 +522,8 @@ def test_kill_between_checkpoint_and_best(tmp_path: Path, monkeypatch: pytest.Mo
     with monkeypatch.context() as m:
         m.setattr(train_mod, "save_checkpoint", save)
         with pytest.raises(Interrupt):
-            train_mod.main(["--config", str(recipe), "--out", str(out), "--quiet"])
-    assert train_mod.main(["--config", str(recipe), "--resume", "--out", str(out), "--quiet"]) == 0
+            train_cli.main(["--config", str(recipe), "--out", str(out), "--quiet"])
+    assert train_cli.main(["--config", str(recipe), "--resume", "--out", str(out), "--quiet"]) == 0
     last = load_meta(out / "last.safetensors").metrics
     assert last["epoch"] == 2 and last["val_miou"] == last["best_miou"]  # epoch 2 was the best
     assert load_meta(out / "best.safetensors").metrics["epoch"] == 2
@@ -535,6 +536,6 @@ def test_kill_before_the_first_training_state(tmp_path: Path, monkeypatch: pytes
     with monkeypatch.context() as m:
         _interrupt_before_state(m, 1)
         with pytest.raises(Interrupt):
-            train_mod.main(["--config", str(recipe), "--out", str(out), "--quiet"])
+            train_cli.main(["--config", str(recipe), "--out", str(out), "--quiet"])
     assert (out / "last.safetensors").exists() and not (out / STATE).exists()
-    assert train_mod.main(["--config", str(recipe), "--resume", "--out", str(out), "--quiet"]) == 0
+    assert train_cli.main(["--config", str(recipe), "--resume", "--out", str(out), "--quiet"]) == 0

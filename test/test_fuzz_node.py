@@ -45,10 +45,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image
 
-import msseg_ros.image_codec as codec
-from msseg_core.inference import Segmenter
-from msseg_ros.image_codec import DECODABLE_ENCODINGS, ImageDecodeError, decode, encode_compressed
-from msseg_ros.pipeline import COUNTERS, all_accounted
+import msseg_ros.transport.image_codec as codec
+from msseg_core.runtime.segmenter import Segmenter
+from msseg_ros.node.pipeline import COUNTERS, all_accounted
+from msseg_ros.transport.image_codec import DECODABLE_ENCODINGS, ImageDecodeError, decode, encode_compressed
 
 pytestmark = pytest.mark.ros
 # Bytes per pixel of each supported encoding, written out here (not imported) so the test is an oracle.

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from msseg_core.camera import CameraError, CameraPose, PinholeCamera
-from msseg_core.geometry import FREE, OCCUPIED, UNKNOWN, GroundGridLookup
+from msseg_core.ground.camera import CameraError, CameraPose, PinholeCamera
+from msseg_core.ground.projection import FREE, OCCUPIED, UNKNOWN, GroundGridLookup
 
 H, W = 480, 640
 K = (500.0, 500.0, 320.0, 240.0)  # fx, fy, cx, cy

@@ -12,7 +12,7 @@ import pytest
 from helpers_ros import image_in_encoding, make_header, random_rgb
 from sensor_msgs.msg import CompressedImage, Image
 
-from msseg_ros.image_codec import (
+from msseg_ros.transport.image_codec import (
     COMPRESSED_TYPE,
     DECODABLE_ENCODINGS,
     IMAGE_TYPE,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny_model import TINY_INPUT_SIZE
 
-from msseg_core.inference import OUTPUTS, Segmenter, resolve_device
+from msseg_core.runtime.segmenter import OUTPUTS, Segmenter, resolve_device
 
 
 @pytest.fixture

@@ -24,10 +24,11 @@ from helpers_ros import (
     rgb_image,
 )
 
-from msseg_ros import launching, topics
-from msseg_ros.graph import NodeProcess
-from msseg_ros.qos import PROFILE_ENV_VARS
-from msseg_ros.road_grid import ROAD_GRID_DEFAULTS
+from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS
+from msseg_ros.tools import launching
+from msseg_ros.transport import topics
+from msseg_ros.transport.graph import NodeProcess
+from msseg_ros.transport.qos import PROFILE_ENV_VARS
 
 pytestmark = pytest.mark.ros
 
@@ -68,7 +69,7 @@ def console_scripts() -> dict[str, str]:
 
 def subscribed_topic_names() -> set[str]:
     """Topic names SegmentationNode passes to create_subscription (the names remaps can target): names
-    from msseg_ros.topics, never computed, in a camera's namespace (`camera.topic(topics.IMAGE)`: 'image'
+    from msseg_ros.transport.topics, never computed, in a camera's namespace (`camera.topic(topics.IMAGE)`: 'image'
     for a single camera, 'front/image' for camera front)."""
     names = set()
     for node in ast.walk(ast.parse(NODE_SOURCE.read_text())):
@@ -93,7 +94,7 @@ def declared_parameter_names() -> set[str]:
                 name = node.args[1] if func == "declare" else node.args[0]
                 if isinstance(name, ast.Constant):
                     names.add(name.value)
-    return names | set(ROAD_GRID_DEFAULTS)  # declared by road_grid.declare_road_grid_parameters(node)
+    return names | set(ROAD_GRID_DEFAULTS)  # declared by parameters.declare_road_grid_parameters(node)
 
 
 @pytest.mark.parametrize("path", [LAUNCH_FILE, MULTI_LAUNCH_FILE], ids=lambda p: p.name)
@@ -113,7 +114,7 @@ def test_declared_executable_params_and_profile_exist(path: Path) -> None:
     target = console_scripts()[m.NODE_EXECUTABLE]
     module_name, func = target.split(":")
     assert callable(getattr(importlib.import_module(module_name), func))
-    assert module_name == "msseg_ros.segmentation_node"
+    assert module_name == "msseg_ros.node.segmentation_node"
     # Installed to share/<package>/ by setup.py's data_files globs.
     setup_py = (REPO / "setup.py").read_text()
     for file, pattern in [(m.PARAMS_FILE, "config/*.yaml"), (launching.FASTDDS_PROFILE, "config/*.xml"),

@@ -1,5 +1,6 @@
-"""The package's layout rules: msseg_core never imports ROS (not even lazily), no module grows past
-700 lines, and the README's layout section lists every module, one line each, as the tree has them."""
+"""The package's layout rules: layers whose imports run one way, no import cycles, msseg_core never
+imports ROS (not even lazily), and the README's layout section lists every module, one line each, as the
+tree has them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ ROS_MODULES = ("msseg_ros", "rclpy", "rcl_interfaces", "rosidl_runtime_py", "rpy
                "launch", "launch_ros", "builtin_interfaces", "std_msgs", "sensor_msgs", "nav_msgs", "geometry_msgs",
                "diagnostic_msgs", "lifecycle_msgs")
 """Top-level modules of ROS 2 (and msseg_ros itself) that msseg_core must not import."""
-MAX_LINES = 700
+LAYERS = {
+    "msseg_core": [("io", "classes", "zoo"), ("models",), ("checkpoint",), ("data", "synthetic", "ground"),
+                   ("runtime",), ("evaluation",), ("training", "deploy"), ("bench",), ("cli",)],
+    "msseg_ros": [("transport",), ("node",), ("tools", "bag"), ("bench",)],
+}
+"""Each package's rooms, bottom to top: a module may import its own layer and the layers below it, never
+one above (msseg_ros sits on top of all of msseg_core). The package's own __init__ (the front door)
+may name anything."""
 
 
 def sources(package: str) -> list[Path]:
@@ -60,14 +68,103 @@ def test_importing_every_msseg_core_module_loads_no_ros() -> None:
     assert len(modules) > 30
 
 
-def test_no_module_over_700_lines() -> None:
-    long = {str(p.relative_to(REPO)): n for pkg in PACKAGES for p in sources(pkg)
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert not long, f"split these by concern: {long}"
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+def layer(module: str) -> tuple[str, int] | None:
+    """(package, rank) of a module of ours, None for anything else or for a package's front door."""
+    parts = module.split(".")
+    if parts[0] not in LAYERS or len(parts) < 2:
+        return None
+    for rank, rooms in enumerate(LAYERS[parts[0]]):
+        if parts[1] in rooms:
+            return parts[0], rank
+    raise AssertionError(f"{module}: {parts[0]}.{parts[1]} is in no layer of test_layout.LAYERS")
+
+
+def our_imports() -> dict[str, set[str]]:
+    """module -> the modules of ours it imports (at any depth, TYPE_CHECKING included), resolved to
+    modules that exist (`from a.b import c` names a.b.c when that is a module, else a.b)."""
+    modules = {module_name(p): p for pkg in PACKAGES for p in sources(pkg)}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                         for alias in node.names]
+            found |= {n for n in names if n.split(".")[0] in PACKAGES and n != module}
+        graph[module] = found
+    return graph
+
+
+def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_ones() -> None:
+    upward = []
+    for module, imported in our_imports().items():
+        mine = layer(module)
+        if mine is None:
+            continue
+        for target in imported:
+            theirs = layer(target)
+            if theirs is None:
+                continue
+            if theirs[0] == mine[0] and theirs[1] > mine[1]:
+                upward.append(f"{module} -> {target}")
+            if mine[0] == "msseg_core" and theirs[0] == "msseg_ros":
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports against the layers (see test_layout.LAYERS):\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles() -> None:
+    """Not even through a function-level or type-only import: a cycle means two modules are one concern,
+    or one of them belongs in another layer."""
+    graph = our_imports()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_front_door_names_what_users_need() -> None:
+    import msseg_core
+
+    for name in ("Segmenter", "build_model", "load_checkpoint", "resolve_checkpoint", "zoo_names"):
+        assert callable(getattr(msseg_core, name)), name
+    assert msseg_core.Segmenter.__module__ == "msseg_core.runtime.segmenter"
 
 
 def readme_layout() -> dict[str, str]:
-    """The README's layout block: 'msseg_core/camera.py' -> its one line."""
+    """The README's layout block: 'msseg_core/ground/camera.py' -> its one line."""
     text = (REPO / "README.md").read_text()
     block = re.search(r"## Layout\n.*?```\n(.*?)```", text, re.S).group(1)
     entries, package = {}, None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from msseg_core.metrics import ConfusionMatrix
+from msseg_core.evaluation.metrics import ConfusionMatrix
 
 # 3 classes, 255 = void. Ground truth and prediction for 8 pixels (2 of them void).
 GT = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], dtype=np.uint8)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from msseg_core.inference import OUTPUTS, Segmenter
+from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,13 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 
 from msseg_core.classes import CAMVID
-from msseg_core.inference import OUTPUTS, Segmenter
-from msseg_core.road import refine_road_mask
-from msseg_ros.graph import NodeProcess
-from msseg_ros.image_codec import DECODABLE_ENCODINGS, decode, decode_image, encode_compressed
-from msseg_ros.pipeline import COUNTERS, all_accounted
-from msseg_ros.road_grid import ROAD_GRID_DEFAULTS
-from msseg_ros.segmentation_node import OUTPUT_ENCODINGS, ConfigError
+from msseg_core.ground.road_mask import refine_road_mask
+from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
+from msseg_ros.node.pipeline import COUNTERS, all_accounted
+from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS
+from msseg_ros.node.segmentation_node import OUTPUT_ENCODINGS, ConfigError
+from msseg_ros.transport.graph import NodeProcess
+from msseg_ros.transport.image_codec import DECODABLE_ENCODINGS, decode, decode_image, encode_compressed
 
 pytestmark = pytest.mark.ros
 NS = namespace("seg_test")

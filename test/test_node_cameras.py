@@ -26,10 +26,10 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 
-from msseg_core.camera import PinholeCamera
-from msseg_core.inference import OUTPUTS, Segmenter
-from msseg_ros.pipeline import all_accounted
-from msseg_ros.segmentation_node import ConfigError
+from msseg_core.ground.camera import PinholeCamera
+from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
+from msseg_ros.node.pipeline import all_accounted
+from msseg_ros.node.segmentation_node import ConfigError
 
 pytestmark = pytest.mark.ros
 CAMERAS = ["front", "left", "right"]

@@ -16,7 +16,7 @@ from helpers_ros import (
     rgb_image,
 )
 
-from msseg_ros.graph import NodeProcess
+from msseg_ros.transport.graph import NodeProcess
 
 pytestmark = pytest.mark.ros
 

@@ -14,8 +14,8 @@ import pytest
 from helpers_ros import InProcessNode, SegmentationClient, namespace, node_args, random_rgb, rgb_image
 from rclpy.lifecycle import TransitionCallbackReturn
 
-from msseg_ros.graph import NodeProcess
-from msseg_ros.pipeline import all_accounted
+from msseg_ros.node.pipeline import all_accounted
+from msseg_ros.transport.graph import NodeProcess
 
 pytestmark = pytest.mark.ros
 FIRST_CALL_TIMEOUT = 180.0  # the node process imports torch and rclpy before its services exist

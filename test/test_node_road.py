@@ -24,10 +24,10 @@ from rcl_interfaces.msg import Log
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 
-from msseg_core.camera import PinholeCamera
 from msseg_core.classes import CAMVID
-from msseg_core.road import ego_region, refine_road_mask
-from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
+from msseg_core.ground.camera import PinholeCamera
+from msseg_core.ground.road_mask import ego_region, refine_road_mask
+from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
 
 pytestmark = pytest.mark.ros
 H, W = 48, 64

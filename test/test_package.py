@@ -85,8 +85,8 @@ def _installed_env(prefix: Path) -> dict[str, str]:
 
 def test_installed_package_imports_from_the_install(workspace, tmp_path):
     code = (
-        "import msseg_core, msseg_core.synthetic, msseg_ros, msseg_ros.segmentation_node, msseg_ros.synthetic_camera,"
-        " msseg_ros.demo, msseg_ros.input_sources\n"
+        "import msseg_core, msseg_core.synthetic, msseg_ros, msseg_ros.node.segmentation_node, msseg_ros.tools.camera,"
+        " msseg_ros.tools.demo, msseg_ros.tools.sources\n"
         "from ament_index_python.packages import get_package_share_directory, get_package_prefix\n"
         f"print(msseg_ros.__file__); print(msseg_core.__file__); print(get_package_share_directory('{PACKAGE}'))\n"
         f"print(get_package_prefix('{PACKAGE}'))\n"

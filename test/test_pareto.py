@@ -9,7 +9,9 @@ import json
 
 import pytest
 
-from msseg_core import pareto, quantize
+from msseg_core.bench import pareto
+from msseg_core.cli import bench as bench_cli
+from msseg_core.cli import quantize as quantize_cli
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
@@ -19,16 +21,15 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from fake_datasets import write_fake_camvid
     from tiny_model import write_tiny_checkpoint
-
-    from msseg_core.data import write_fake_camvid
 
     root = tmp_path_factory.mktemp("camvid")
     write_fake_camvid(root, "train", n=4, size=(48, 64))
     write_fake_camvid(root, "val", n=3, size=(48, 64))
     folder = tmp_path_factory.mktemp("pareto")
     ckpt = write_tiny_checkpoint(folder / "tiny.safetensors", input_size=(48, 64))
-    assert quantize.main(["--checkpoint", str(ckpt), "--data-root", str(root), "--frames", "4"]) == 0
+    assert quantize_cli.main(["--checkpoint", str(ckpt), "--data-root", str(root), "--frames", "4"]) == 0
     return ckpt, root, folder
 
 
@@ -40,7 +41,7 @@ def test_pareto_scores_every_cpu_engine_and_marks_the_node_default(setup, tmp_pa
                               cache_dir=str(tmp_path / "cache"), agreement_frames=3)
     report = pareto.run(args)
     rows = report["results"]
-    from msseg_core.engines import engine_versions
+    from msseg_core.runtime.engines.factory import engine_versions
 
     expected = [c for c in pareto.CPU_CONFIGS if engine_versions()[c[0]]]
     assert [(r["backend"], r["precision"]) for r in rows] == expected
@@ -61,7 +62,7 @@ def test_pareto_scores_every_cpu_engine_and_marks_the_node_default(setup, tmp_pa
 
     # Re-charting saved runs (e.g. made at different times) as one chart, checkpoints renamed; nothing measured.
     merged_json, merged_png = tmp_path / "merged.json", tmp_path / "merged.png"
-    assert pareto.main(["--from-json", f"{saved},{saved}", "--rename", f"{ckpt}=tiny model", "--chart",
+    assert bench_cli.main(["pareto", "--from-json", f"{saved},{saved}", "--rename", f"{ckpt}=tiny model", "--chart",
                         str(merged_png), "--json", str(merged_json)]) == 0
     merged = json.loads(merged_json.read_text())
     assert len(merged["results"]) == 2 * len(rows) and merged["default"] is None
@@ -69,4 +70,4 @@ def test_pareto_scores_every_cpu_engine_and_marks_the_node_default(setup, tmp_pa
     assert [r["miou"] for r in merged["results"]] == [r["miou"] for r in rows] * 2
     assert merged_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="--from-json"):
-        pareto.main(["--from-json", str(tmp_path / "missing.json")])
+        bench_cli.main(["pareto", "--from-json", str(tmp_path / "missing.json")])

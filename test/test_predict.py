@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msseg_core.inference import Segmenter
-from msseg_core.predict import main
+from msseg_core.cli.predict import main
+from msseg_core.runtime.segmenter import Segmenter
 
 CLI = ["--device", "cpu", "--backend", "torch", "--threads", "1"]
 

@@ -13,10 +13,12 @@ import onnx
 import pytest
 import torch
 
-from msseg_core import quantize
 from msseg_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from msseg_core.export import model_digest
-from msseg_core.inference import Segmenter
+from msseg_core.cli import quantize as quantize_cli
+from msseg_core.deploy import int8 as quantize
+from msseg_core.runtime import artifacts
+from msseg_core.runtime.artifacts import model_digest
+from msseg_core.runtime.segmenter import Segmenter
 from msseg_core.synthetic import render_scene
 
 T1 = {"device": "cpu", "threads": 1}
@@ -25,7 +27,7 @@ SIZE = (48, 64)
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from msseg_core.data import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     root = tmp_path_factory.mktemp("camvid")
     write_fake_camvid(root, "train", n=6, size=SIZE)
@@ -41,7 +43,7 @@ def quantized(tmp_path_factory, data_root):
     folder = tmp_path_factory.mktemp("q")
     ckpt = write_tiny_checkpoint(folder / "tiny.safetensors", input_size=SIZE)
     report = folder / "report.json"
-    status = quantize.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--split", "train",
+    status = quantize_cli.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--split", "train",
                             "--frames", "5", "--eval-split", "val", "--max-drop", "100", "--threads", "1",
                             "--json", str(report)])
     assert status == 0
@@ -57,7 +59,7 @@ def test_the_int8_model_is_written_beside_the_checkpoint_and_describes_itself(qu
     ckpt, report = quantized
     path = ckpt.with_name("tiny.int8.onnx")
     assert path.is_file() and report["int8_model"] == str(path)
-    props = quantize.int8_props(path)
+    props = artifacts.int8_props(path)
     model, meta = load_checkpoint(ckpt)
     assert json.loads(props["precision"]) == "int8"
     assert json.loads(props["source_digest"]) == model_digest(model, meta)
@@ -125,16 +127,16 @@ def test_missing_or_stale_int8_model_is_refused_with_the_command_that_builds_it(
     with pytest.raises(CheckpointError, match=r"calibrated for other weights .* \(stale\).*msseg-quantize"):
         Segmenter.from_checkpoint(other, precision="int8", **T1)
     # On a GPU machine INT8 means the TensorRT file, built with --for tensorrt.
-    assert quantize.build_command("camvid", "tensorrt").endswith("--split train --for tensorrt")
-    assert quantize.int8_model_path(other, "tensorrt").name == "mine.int8-tensorrt.onnx"
+    assert artifacts.build_command("camvid", "tensorrt").endswith("--split train --for tensorrt")
+    assert artifacts.int8_model_path(other, "tensorrt").name == "mine.int8-tensorrt.onnx"
 
 
 def test_keep_fp32_leaves_the_named_layers_unquantised(quantized, data_root, tmp_path):
     ckpt, _ = quantized
     out = tmp_path / "keep.onnx"
-    assert quantize.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--frames", "3",
+    assert quantize_cli.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--frames", "3",
                           "--out", str(out), "--keep-fp32", "classifier|score"]) == 0
-    kept = json.loads(quantize.int8_props(out)["calibration"])["fp32_nodes"]
+    kept = json.loads(artifacts.int8_props(out)["calibration"])["fp32_nodes"]
     first = quantize.input_convolutions(out)
     assert len(first) == 1 and first[0] in kept  # the input layer always stays fp32 (see input_convolutions)
     assert any("score" in name for name in kept) and set(kept) - set(first)
@@ -143,12 +145,12 @@ def test_keep_fp32_leaves_the_named_layers_unquantised(quantized, data_root, tmp
     convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
     for node in convs:  # fp32 weights exactly where asked, int8 everywhere else
         assert (produced_by.get(node.input[1]) == "DequantizeLinear") == (node.name not in kept), node.name
-    assert quantize.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--frames", "3",
+    assert quantize_cli.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--frames", "3",
                           "--out", str(tmp_path / "x.onnx"), "--keep-fp32", "no_such_layer"]) == 2
 
 
 def test_msseg_eval_scores_int8_in_each_cpu_engine(quantized, data_root, tmp_path, capsys):
-    from msseg_core.evaluate import main as eval_main
+    from msseg_core.cli.evaluate import main as eval_main
 
     ckpt, report = quantized
     for engine in ["onnxruntime"] + (["openvino"] if _installed("openvino") else []):

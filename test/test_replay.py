@@ -15,8 +15,8 @@ from msseg_ros.bag.cli import parse_args
 from msseg_ros.bag.evaluate import evaluate_bag
 from msseg_ros.bag.make import make_bag
 from msseg_ros.bag.replay import replay_eval
-from msseg_ros.evaluator_node import StampMatcher
-from msseg_ros.graph import NodeProcess
+from msseg_ros.tools.evaluator import StampMatcher
+from msseg_ros.transport.graph import NodeProcess
 
 pytestmark = pytest.mark.ros
 
@@ -29,10 +29,11 @@ NODE_PARAMS = {"backend": "torch", "threads": 1}
 @pytest.fixture(scope="module")
 def replay_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     """(bag, checkpoint, offline report) for a small generated CamVid split."""
+    from fake_datasets import write_fake_camvid
     from tiny_model import write_tiny_checkpoint
 
-    from msseg_core.data import build_dataset, write_fake_camvid
-    from msseg_core.inference import Segmenter
+    from msseg_core.data import build_dataset
+    from msseg_core.runtime.segmenter import Segmenter
 
     tmp = tmp_path_factory.mktemp("replay")
     root = write_fake_camvid(tmp / "camvid", "test", n=N_FRAMES, size=(48, 64), seed=5)
@@ -69,7 +70,7 @@ def test_lockstep_replay_waits_for_a_slow_evaluator(replay_setup, one_thread, mo
     counting the last frame lost."""
     import time
 
-    from msseg_ros.evaluator_node import EvaluatorNode
+    from msseg_ros.tools.evaluator import EvaluatorNode
 
     out, ckpt, _ = replay_setup
     real = EvaluatorNode.labels_callback
@@ -211,8 +212,8 @@ def test_evaluator_subscribes_ground_truth_only_once_labels_can_arrive() -> None
     from helpers_ros import namespace
     from sensor_msgs.msg import Image
 
-    from msseg_ros.evaluator_node import EvaluatorNode
-    from msseg_ros.graph import PrivateContext, ros_arguments
+    from msseg_ros.tools.evaluator import EvaluatorNode
+    from msseg_ros.transport.graph import PrivateContext, ros_arguments
 
     ns = namespace("eval_wait")
     checks = threading.Semaphore(0)
@@ -237,4 +238,25 @@ def test_evaluator_subscribes_ground_truth_only_once_labels_can_arrive() -> None
             assert ros.node.count_subscribers(f"{ns}/gt") == 1 and evaluator.gt_sub is not None
         finally:
             ros.remove_node(evaluator)
+            evaluator.destroy_node()
+
+
+@pytest.mark.parametrize("spec", ["camvid_fast", "camvid", ""])
+def test_evaluator_takes_a_checkpoint_as_the_node_does(spec: str) -> None:
+    """`msseg-bag replay-eval --checkpoint camvid_fast` hands the evaluator the zoo name the node takes:
+    both resolve it in one place (msseg_core.checkpoint.read_meta), so the evaluator scores with the
+    model's classes instead of failing on the name as a path."""
+    from msseg_core import zoo
+    from msseg_core.checkpoint import read_meta
+    from msseg_ros.tools.evaluator import EvaluatorNode
+    from msseg_ros.transport.graph import PrivateContext
+
+    path, meta = read_meta(spec)
+    assert path == zoo.resolve_checkpoint(spec or None)
+    with PrivateContext("eval_zoo_probe") as ros:
+        evaluator = EvaluatorNode(checkpoint=spec, context=ros.context)
+        try:
+            assert evaluator.checkpoint == str(path)
+            assert evaluator.matcher.class_names == list(meta.class_names)
+        finally:
             evaluator.destroy_node()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msseg_core.geometry import FREE, OCCUPIED, UNKNOWN
-from msseg_core.road import (
+from msseg_core.ground.projection import FREE, OCCUPIED, UNKNOWN
+from msseg_core.ground.road_mask import (
     clean_road_mask,
     ego_region,
     refine_road_mask,
@@ -104,17 +104,25 @@ def test_confidence_threshold_and_refine_chain() -> None:
 def camera_info(width: int = 320, height: int = 240, f: float = 250.0):
     from sensor_msgs.msg import CameraInfo
 
-    from msseg_core.camera import PinholeCamera
+    from msseg_core.ground.camera import PinholeCamera
 
     return CameraInfo(**PinholeCamera.from_hfov(width, height, 60.0).camera_info_fields()
                       | {"k": [f, 0.0, (width - 1) / 2, 0.0, f, (height - 1) / 2, 0.0, 0.0, 1.0], "p": [0.0] * 12})
+
+
+def build(builder, mask, header, **kwargs):
+    """The node's two steps: the grid of a frame, then its OccupancyGrid with the image's stamp."""
+    from msseg_ros.transport.messages import occupancy_grid
+
+    grid = builder.compute(mask, **kwargs)
+    return None if grid is None else occupancy_grid(grid, header.stamp)
 
 
 @pytest.mark.ros
 def test_road_grid_builder_message_and_rebuilds() -> None:
     from std_msgs.msg import Header
 
-    from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
+    from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
 
     builder = RoadGridBuilder(camera_pitch=0.1, camera_height=1.5, grid_resolution=0.5, grid_length=20,
                               grid_width=10, grid_max_range=25, road_cleanup_kernel=0)
@@ -122,9 +130,9 @@ def test_road_grid_builder_message_and_rebuilds() -> None:
     mask[150:, 100:220] = 255
     header = Header(frame_id="camera_optical")
     header.stamp.sec, header.stamp.nanosec = 12, 345
-    assert builder.build(mask, header) is None  # no CameraInfo yet
+    assert build(builder, mask, header) is None  # no CameraInfo yet
     assert builder.update_camera_info(camera_info())
-    msg = builder.build(mask, header)
+    msg = build(builder, mask, header)
     assert msg is not None
     assert msg.header.frame_id == "base_footprint"  # REP-105: the base frame on the ground
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (12, 345)
@@ -136,19 +144,19 @@ def test_road_grid_builder_message_and_rebuilds() -> None:
     assert data[10, 10] == FREE and data[10, 30] == OCCUPIED  # 5 m ahead: road; 15 m: above the mask
     # The lookup is built once, not per frame, nor for an identical CameraInfo.
     for _ in range(5):
-        builder.build(mask, header)
+        build(builder, mask, header)
     assert not builder.update_camera_info(camera_info())
-    builder.build(mask, header)
+    build(builder, mask, header)
     assert builder.lookup_builds == 1
     # ... and rebuilt for a new camera, a new mask size, or a geometry parameter.
     assert builder.update_camera_info(camera_info(f=300.0))
-    builder.build(mask, header)
+    build(builder, mask, header)
     assert builder.lookup_builds == 2
-    builder.build(np.zeros((120, 160), np.uint8), header)
+    build(builder, np.zeros((120, 160), np.uint8), header)
     assert builder.lookup_builds == 3
     assert not builder.set_params(grid_frame="odom", road_ego_only=True)
     assert builder.set_params(camera_pitch=0)  # an int from YAML is fine
-    assert builder.build(mask, header).header.frame_id == "odom"
+    assert build(builder, mask, header).header.frame_id == "odom"
     assert builder.lookup_builds == 4
     # Validation without applying, for the node's set-parameters callback.
     assert builder.check_params(grid_resolution=0.0) is not None
@@ -163,19 +171,19 @@ def test_road_grid_builder_message_and_rebuilds() -> None:
     bad = camera_info()
     bad.k = [0.0] * 9
     assert builder.update_camera_info(bad)
-    assert builder.build(mask, header) is None and "fx > 0" in builder.camera_error
+    assert build(builder, mask, header) is None and "fx > 0" in builder.camera_error
 
 
 @pytest.mark.ros
 def test_road_grid_builder_camera_models_and_rectified_images() -> None:
-    """The builder projects with msseg_core.camera as the camera_rectified parameter says: K and the
+    """The builder projects with msseg_core.ground.camera as the camera_rectified parameter says: K and the
     distortion of a raw image, or P of a rectified one; an unknown distortion model gives no grid and
     says why, until the images are declared rectified (then D is not used)."""
     from std_msgs.msg import Header
 
-    from msseg_core.camera import PinholeCamera
-    from msseg_core.geometry import GroundGridLookup
-    from msseg_ros.road_grid import RoadGridBuilder
+    from msseg_core.ground.camera import PinholeCamera
+    from msseg_core.ground.projection import GroundGridLookup
+    from msseg_ros.node.road_grid import RoadGridBuilder
 
     params = {"camera_pitch": 0.15, "camera_height": 1.5, "grid_resolution": 0.5, "grid_length": 20,
               "grid_width": 10, "grid_max_range": 25, "road_cleanup_kernel": 0}
@@ -202,7 +210,7 @@ def test_road_grid_builder_camera_models_and_rectified_images() -> None:
     builder.update_camera_info(info)
     np.testing.assert_array_equal(builder.grid(mask), rectified)  # rectified: D and its model are not used
     assert builder.set_params(camera_rectified=False)
-    assert builder.grid(mask) is None and builder.build(mask, Header()) is None
+    assert builder.grid(mask) is None and build(builder, mask, Header()) is None
     assert "'kannala_brandt' is not supported" in builder.camera_error
 
 
@@ -212,7 +220,8 @@ def test_declare_road_grid_parameters_on_a_node() -> None:
     from rclpy.context import Context
     from rclpy.parameter import Parameter
 
-    from msseg_ros.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder, declare_road_grid_parameters
+    from msseg_ros.node.parameters import declare_road_grid_parameters
+    from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
 
     ctx = Context()
     rclpy.init(args=[], context=ctx)

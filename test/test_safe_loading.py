@@ -40,13 +40,13 @@ from helpers_ros import (
 )
 from sensor_msgs.msg import CompressedImage
 
-from msseg_ros.image_codec import encode_compressed
-from msseg_ros.segmentation_node import ConfigError
+from msseg_ros.node.segmentation_node import ConfigError
+from msseg_ros.transport.image_codec import encode_compressed
 
 pytestmark = pytest.mark.ros
 SOURCES = sorted(p for pkg in ("msseg_core", "msseg_ros") for p in (REPO / pkg).rglob("*.py"))
 # torch.jit.load runs TorchScript code: only msseg-export's check of the file it has just written may.
-JIT_LOAD_ALLOWED = {("msseg_core/export.py", "load_torchscript")}
+JIT_LOAD_ALLOWED = {("msseg_core/runtime/artifacts.py", "load_torchscript")}
 
 
 # -- the source ------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class NoPickle:
 
 @pytest.fixture(scope="module")
 def camvid(tmp_path_factory) -> Path:
-    from msseg_core.data.fake import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     root = tmp_path_factory.mktemp("camvid")
     for split, seed in (("train", 0), ("val", 1)):
@@ -158,7 +158,7 @@ def camvid(tmp_path_factory) -> Path:
 
 
 def test_node_start_up_and_segmenter_never_unpickle(tiny_checkpoint, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    from msseg_core.inference import Segmenter
+    from msseg_core.runtime.segmenter import Segmenter
 
     trap = NoPickle(monkeypatch)
     segmenter = Segmenter.from_checkpoint(tiny_checkpoint, **FAST_PARAMS)
@@ -170,9 +170,9 @@ def test_node_start_up_and_segmenter_never_unpickle(tiny_checkpoint, monkeypatch
 
 def test_command_line_load_paths_never_unpickle(tiny_checkpoint, camvid: Path, tmp_path: Path,  # noqa: F811
                                                 monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from msseg_core import train as train_mod
-    from msseg_core.evaluate import main as eval_main
-    from msseg_core.predict import main as predict_main
+    from msseg_core.cli import train as train_cli
+    from msseg_core.cli.evaluate import main as eval_main
+    from msseg_core.cli.predict import main as predict_main
     from msseg_ros.bag import cli
 
     # A real 1-epoch run and a bag to read, made before the trap is set.
@@ -181,7 +181,7 @@ def test_command_line_load_paths_never_unpickle(tiny_checkpoint, camvid: Path, t
         f"model: {{name: mssanet, args: {{width: 0.0625, num_pools: 3}}}}\n"
         f"data: {{dataset: camvid, root: {camvid}, crop_size: [32, 48], eval_size: [32, 48], workers: 0}}\n"
         "train: {epochs: 1, batch_size: 4, val_batch_size: 4, device: cpu, seed: 3, threads: 1}\n")
-    assert train_mod.main(["--config", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert train_cli.main(["--config", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert cli.main(["make", "--data-root", str(camvid), "--split", "val", "--out", str(tmp_path / "bag")]) == 0
     common = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--backend", "torch", "--threads", "1"]
     capsys.readouterr()
@@ -191,7 +191,7 @@ def test_command_line_load_paths_never_unpickle(tiny_checkpoint, camvid: Path, t
     assert predict_main([str(camvid / "val"), "--out", str(tmp_path / "pred"), *common]) == 0
     assert cli.main(["eval", "--bag", str(tmp_path / "bag"), *common]) == 0
     # resume reads last.safetensors and train_state.safetensors (optimizer, scheduler, RNG states)
-    assert train_mod.main(["--resume", "--out", str(tmp_path / "run"), "--set", "train.epochs=2", "--quiet"]) == 0
+    assert train_cli.main(["--resume", "--out", str(tmp_path / "run"), "--set", "train.epochs=2", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert trap.calls == [] and "error" not in err, err
     from msseg_core.checkpoint import load_meta

@@ -3,7 +3,7 @@
 What is asserted is behaviour: the excess is dropped and counted, every frame is accounted for exactly,
 memory stays within a generous bound, the node exits cleanly. No latency or rate threshold: a loaded CI
 machine would fail one without a bug; the figures come from the long version, a command (RELIABILITY.md):
-    python -m msseg_ros.soak --duration 600 --rate-factor 3 --json out.json
+    python -m msseg_ros.tools.soak --duration 600 --rate-factor 3 --json out.json
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import pytest
 from helpers_ros import FAST_PARAMS
 
-from msseg_ros.soak import main, run_soak
+from msseg_ros.tools.soak import main, run_soak
 
 pytestmark = pytest.mark.ros
 MAX_GROWTH_PCT = 20.0  # resident memory after the warm-up; a leak of one frame per frame would pass 100 %
@@ -33,7 +33,10 @@ def test_overload_drops_and_counts_the_excess_with_flat_memory(tiny_checkpoint) 
     # Every received frame accounted for, exactly; nothing invalid, failed or skipped.
     assert report["received"] == report["processed"] + report["dropped"], summary
     assert report["invalid"] == report["errors"] == report["skipped"] == 0, summary
-    assert report["received"] <= report["published"] and report["lost_in_transport"] <= 0.01 * report["published"]
+    # What DDS loses before the node takes a frame (best effort, flooded at 4x) depends on the machine and the
+    # middleware, not on the node: it is reported (lost_in_transport), never bounded here.
+    assert report["received"] <= report["published"], summary
+    assert report["lost_in_transport"] == report["published"] - report["received"], summary
     # Processed frames come back on every output (the outputs keep the last 2 for a slow subscriber, so
     # a client starved of CPU may miss a few), the whole run long.
     assert report["answered_frames"] >= 0.99 * report["processed"], summary

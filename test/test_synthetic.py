@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from msseg_core import synthetic
-from msseg_core.camera import PinholeCamera
-from msseg_core.geometry import FREE, OCCUPIED, GroundGridLookup
+from msseg_core.ground.camera import PinholeCamera
+from msseg_core.ground.projection import FREE, OCCUPIED, GroundGridLookup
 from msseg_core.synthetic import (
     PAVEMENT,
     ROAD,
@@ -134,7 +134,7 @@ def test_camera_is_the_renderers():
 
 
 def test_ground_truth_road_maps_onto_the_known_road_strip():
-    """The exact road labels, put on the ground with msseg_core.geometry's lookup, are the road strip
+    """The exact road labels, put on the ground with msseg_core.ground.projection's lookup, are the road strip
     of the scene: every cell outside it is not road; inside, road except where cars stand."""
     for seed in range(3):
         info, seq = scene_info(seed), SceneSequence(seed, 320, 240)
@@ -151,7 +151,7 @@ def test_ground_truth_road_maps_onto_the_known_road_strip():
 # -- input sources -------------------------------------------------------------------------------
 @pytest.mark.ros
 def test_synthetic_source_matches_renderer():
-    from msseg_ros.input_sources import open_source
+    from msseg_ros.tools.sources import open_source
 
     with open_source("synthetic:3", width=160, height=120) as src:
         assert src.has_labels and src.camera == SceneSequence(3, 160, 120).camera
@@ -181,7 +181,7 @@ def _write_folder(root: Path, n: int = 3, labels: bool = True) -> list[tuple[np.
 
 @pytest.mark.ros
 def test_folder_source_with_camvid_labels(tmp_path):
-    from msseg_ros.input_sources import open_source
+    from msseg_ros.tools.sources import open_source
 
     written = _write_folder(tmp_path)
     with open_source(str(tmp_path / "test")) as src:
@@ -199,7 +199,7 @@ def test_folder_source_with_camvid_labels(tmp_path):
 
 @pytest.mark.ros
 def test_folder_without_labels_and_single_image(tmp_path):
-    from msseg_ros.input_sources import open_source
+    from msseg_ros.tools.sources import open_source
 
     written = _write_folder(tmp_path, n=2, labels=False)
     with open_source(str(tmp_path / "test")) as src:
@@ -214,7 +214,7 @@ def test_folder_without_labels_and_single_image(tmp_path):
 
 @pytest.mark.ros
 def test_video_source(tmp_path):
-    from msseg_ros.input_sources import open_source
+    from msseg_ros.tools.sources import open_source
 
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
@@ -276,7 +276,7 @@ def _write_bag(path: Path, n: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.ros
 def test_bag_source(tmp_path):
-    from msseg_ros.input_sources import open_source
+    from msseg_ros.tools.sources import open_source
 
     written = _write_bag(tmp_path / "drive")
     with open_source(str(tmp_path / "drive")) as src:
@@ -304,7 +304,7 @@ class _Listener:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
 
-        from msseg_ros.graph import PrivateContext
+        from msseg_ros.transport.graph import PrivateContext
 
         self.got: dict[str, dict[tuple[int, int], object]] = {"image": {}, "camera_info": {}, "labels": {}}
         self.lock = threading.Lock()
@@ -325,7 +325,7 @@ class _Listener:
 
 def run_camera(*ros_args: str, timeout: float = 90.0) -> tuple[int, str]:
     """Run the camera node to its end (the way users start it): exit status and its output."""
-    from msseg_ros.graph import NodeProcess
+    from msseg_ros.transport.graph import NodeProcess
 
     with NodeProcess("synthetic_camera", ["--ros-args", *ros_args]) as camera:
         return camera.wait(timeout), camera.output()

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from msseg_core import train as train_mod
-from msseg_core.config import RecipeError, load_recipe, save_recipe
-from msseg_core.train import lr_factor, mfb_weights, set_schedule_step
-from msseg_core.train_state import load_train_state, rng_state, save_train_state, set_rng_state
+from msseg_core.cli import train as train_cli
+from msseg_core.training import train as train_mod
+from msseg_core.training.recipe import RecipeError, load_recipe, save_recipe
+from msseg_core.training.state import load_train_state, rng_state, save_train_state, set_rng_state
+from msseg_core.training.train import lr_factor, mfb_weights, set_schedule_step
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "config" / "train").glob("*.yaml"))
@@ -130,7 +131,7 @@ def test_train_state_round_trips_optimizer_scheduler_scaler_and_rng(tmp_path):
 
 
 def test_train_state_rejects_other_files(tmp_path, tiny_checkpoint):
-    from msseg_core.train_state import TrainStateError
+    from msseg_core.training.state import TrainStateError
 
     with pytest.raises(TrainStateError, match="not an msseg training state"):
         load_train_state(tiny_checkpoint)
@@ -186,7 +187,7 @@ train: {epochs: EPOCHS, batch_size: 4, val_batch_size: 4, class_weighting: mfb, 
 
 @pytest.fixture(scope="module")
 def camvid_root(tmp_path_factory) -> Path:
-    from msseg_core.data.fake import write_fake_camvid
+    from fake_datasets import write_fake_camvid
 
     root = tmp_path_factory.mktemp("camvid")
     write_fake_camvid(root, "train", n=12, size=(32, 48), seed=0)
@@ -254,7 +255,7 @@ def test_run_folder_holds_checkpoints_logs_and_recipe(trained):
 
 def test_checkpoint_alone_rebuilds_the_trained_model(trained, camvid_root):
     from msseg_core.data import build_dataset
-    from msseg_core.inference import Segmenter
+    from msseg_core.runtime.segmenter import Segmenter
 
     out, model = trained
     seg = Segmenter.from_checkpoint(out / "last.safetensors", device="cpu", backend="torch", threads=1)
@@ -272,8 +273,8 @@ def test_checkpoint_alone_rebuilds_the_trained_model(trained, camvid_root):
 def test_val_miou_is_what_msseg_eval_reports(trained, camvid_root):
     """Validation goes through the Segmenter at the eval size, like msseg-eval."""
     from msseg_core.data import build_dataset
-    from msseg_core.evaluate import evaluate_split
-    from msseg_core.inference import Segmenter
+    from msseg_core.evaluation.evaluate import evaluate_split
+    from msseg_core.runtime.segmenter import Segmenter
 
     out, _ = trained
     seg = Segmenter.from_checkpoint(out / "last.safetensors", device="cpu", backend="torch", fuse=False, threads=1)
@@ -283,10 +284,10 @@ def test_val_miou_is_what_msseg_eval_reports(trained, camvid_root):
 
 def test_fresh_run_refuses_an_existing_run_folder(trained, capsys):
     out, _ = trained
-    assert train_mod.main(["--config", str(out / "recipe.yaml"), "--out", str(out)]) == 2
+    assert train_cli.main(["--config", str(out / "recipe.yaml"), "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     # --resume of a finished run does nothing and says so
-    assert train_mod.main(["--resume", "--out", str(out)]) == 0
+    assert train_cli.main(["--resume", "--out", str(out)]) == 0
     assert "already trained 5 of 5 epochs" in capsys.readouterr().out
 
 
@@ -305,7 +306,7 @@ def test_init_from_starts_a_new_run_from_a_trained_checkpoint(trained, camvid_ro
 
     # A checkpoint of another network is a one-line recipe error, before any training.
     config = tiny_recipe(tmp_path, camvid_root, 1)
-    assert train_mod.main(["--config", str(config), "--set", f"model.init_from={ckpt}",
+    assert train_cli.main(["--config", str(config), "--set", f"model.init_from={ckpt}",
                            "--set", "model.args.width=0.125", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "model.init_from" in err and "width" in err and not (tmp_path / "bad" / "last.safetensors").exists()
@@ -317,7 +318,7 @@ def test_resume_without_a_training_state_is_a_clear_error(trained, tmp_path, cap
     out, _ = trained
     for name in ("last.safetensors", "recipe.yaml"):
         shutil.copy(out / name, tmp_path / name)
-    assert train_mod.main(["--resume", "--out", str(tmp_path), "--quiet"]) == 2
+    assert train_cli.main(["--resume", "--out", str(tmp_path), "--quiet"]) == 2
     assert "training state not found" in capsys.readouterr().err
 
 
@@ -342,14 +343,14 @@ def interrupt_at(monkeypatch, epoch: int, before_state: bool) -> None:
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, camvid_root, monkeypatch, pipeline):
     config = tiny_recipe(tmp_path, camvid_root, 2, pipeline)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train_mod.main(["--config", str(config), "--out", str(straight), "--quiet"]) == 0
+    assert train_cli.main(["--config", str(config), "--out", str(straight), "--quiet"]) == 0
     with monkeypatch.context() as m:
         interrupt_at(m, 1, before_state=False)
         with pytest.raises(Interrupt):
-            train_mod.main(["--config", str(config), "--out", str(resumed), "--quiet"])
+            train_cli.main(["--config", str(config), "--out", str(resumed), "--quiet"])
     assert load_train_state(resumed / "train_state.safetensors")["epoch"] == 1
     # no --config: the run's own recipe.yaml
-    assert train_mod.main(["--resume", "--out", str(resumed), "--quiet"]) == 0
+    assert train_cli.main(["--resume", "--out", str(resumed), "--quiet"]) == 0
     a, b = weights(straight / "last.safetensors"), weights(resumed / "last.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -368,9 +369,9 @@ def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path, camvid_root,
     with monkeypatch.context() as m:
         interrupt_at(m, 2, before_state=True)
         with pytest.raises(Interrupt):
-            train_mod.main(["--config", str(config), "--out", str(out), "--quiet"])
+            train_cli.main(["--config", str(config), "--out", str(out), "--quiet"])
     assert load_train_state(out / "train_state.safetensors")["epoch"] == 1
-    assert train_mod.main(["--config", str(config), "--resume", "--out", str(out)]) == 0
+    assert train_cli.main(["--config", str(config), "--resume", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "one epoch older" in text and "epoch 3/3" in text and "epoch 2/3" not in text.split("resuming")[-1]
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3"]
@@ -380,10 +381,10 @@ def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path, camvid_root,
 def test_cli_reports_recipe_errors_in_one_line(tmp_path, capsys):
     config = tmp_path / "r.yaml"
     config.write_text("train: {epochs: 2}\n")
-    assert train_mod.main(["--config", str(config), "--set", "train.epochs=two", "--out", str(tmp_path / "o")]) == 2
+    assert train_cli.main(["--config", str(config), "--set", "train.epochs=two", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("msseg-train: error:") and "train.epochs expects an integer, got 'two'" in err
-    assert train_mod.main(["--config", str(config), "--set", "data.root=/x", "--print-recipe"]) == 0
+    assert train_cli.main(["--config", str(config), "--set", "data.root=/x", "--print-recipe"]) == 0
     assert "root: /x" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
-    assert train_mod.main(["--resume"]) == 2
+    assert train_cli.main(["--resume"]) == 2

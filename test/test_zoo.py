@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from msseg_core import zoo
-from msseg_core.checkpoint import CheckpointError, default_checkpoint, load_meta, stored_half
+from msseg_core.checkpoint import CheckpointError, load_meta, read_meta, stored_half
 from msseg_core.classes import CAMVID
 
 # name -> network input (h, w), as docs/models.md states them
@@ -17,7 +17,7 @@ EXPECTED_INPUT = {"camvid": [360, 480], "camvid_fast": [144, 192]}
 def test_zoo_lists_both_tiers_and_the_default_is_the_accurate_one() -> None:
     assert zoo.zoo_names() == list(EXPECTED_INPUT)
     assert zoo.DEFAULT_MODEL == "camvid"
-    assert default_checkpoint() == zoo.zoo_path("camvid")
+    assert read_meta("")[0] == zoo.zoo_path("camvid") == zoo.resolve_checkpoint(None)
     assert zoo.resolve_checkpoint("") == zoo.resolve_checkpoint(None) == zoo.zoo_path("camvid")
 
 
@@ -37,7 +37,7 @@ def test_zoo_checkpoint_is_packaged_calibrated_and_self_describing(name: str) ->
 
 
 def test_a_path_still_works_and_unknown_names_fail_clearly(tmp_path, monkeypatch) -> None:
-    from msseg_core.inference import Segmenter
+    from msseg_core.runtime.segmenter import Segmenter
 
     assert zoo.resolve_checkpoint(str(tmp_path / "x.safetensors")) == tmp_path / "x.safetensors"
     with pytest.raises(CheckpointError, match="not found"):
@@ -50,7 +50,7 @@ def test_a_path_still_works_and_unknown_names_fail_clearly(tmp_path, monkeypatch
 
 
 def test_fast_zoo_model_segments_a_frame_by_name() -> None:
-    from msseg_core.inference import Segmenter
+    from msseg_core.runtime.segmenter import Segmenter
 
     seg = Segmenter.from_checkpoint("camvid_fast", device="cpu", backend="torch")
     assert seg.input_size == (144, 192)
@@ -67,7 +67,7 @@ def test_the_node_takes_a_zoo_name(tmp_path) -> None:
     name is one clear configure error naming the parameter."""
     from helpers_ros import InProcessNode, namespace
 
-    from msseg_ros.segmentation_node import ConfigError
+    from msseg_ros.node.segmentation_node import ConfigError
 
     with InProcessNode({"checkpoint": "camvid_fast"}, namespace("zoo_node")) as node:
         assert node.node.checkpoint_path == str(zoo.zoo_path("camvid_fast"))

@@ -25,9 +25,6 @@ _LAZY = {
     "TrainTransform": "msseg_core.data.transforms",
     "GpuResidentData": "msseg_core.data.gpu",
     "split_bytes": "msseg_core.data.gpu",
-    "write_fake_camvid": "msseg_core.data.fake",
-    "write_fake_cityscapes": "msseg_core.data.fake",
-    "write_fake_kitti_road": "msseg_core.data.fake",
 }
 
 

@@ -515,19 +515,52 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
 }
 
 
+class JoinedSplits(SegmentationDataset):
+    """Several splits of one dataset read as one, in order ('train+val': the final model of a recipe that
+    was chosen on train -> val, as every published CamVid test figure is trained)."""
+
+    def __init__(self, parts: Sequence[SegmentationDataset], transform: Transform | None = None):
+        if not parts:
+            raise DatasetError("no split to join")
+        classes = {p.classes for p in parts}
+        if len(classes) != 1:
+            raise DatasetError(f"cannot join splits with different classes: {sorted(c.name for c in classes)}")
+        self.parts = list(parts)
+        self.classes = parts[0].classes
+        self.root = parts[0].root
+        self.split = "+".join(p.split for p in parts)
+        self.transform = transform
+        self._where = [(k, i) for k, p in enumerate(parts) for i in range(len(p))]
+        self.samples = [s for p in parts for s in p.samples]
+        self.names = [n for p in parts for n in p.names]
+
+    def load_image(self, index: int) -> np.ndarray:
+        part, i = self._where[index]
+        return self.parts[part].load_image(i)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        part, i = self._where[index]
+        return self.parts[part].load_mask(i)
+
+
 def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None,
                   **kwargs: Any) -> SegmentationDataset:
     """The dataset `name` ('camvid', 'cityscapes', 'kitti_road'); extra keywords go to its class
-    (e.g. CamVid's `layout`)."""
+    (e.g. CamVid's `layout`). `split` may join splits with '+' ('train+val')."""
     try:
         cls = DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+    if "+" in split:
+        names = [s.strip() for s in split.split("+")]
+        if any(not s for s in names) or len(set(names)) != len(names):
+            raise DatasetError(f"split {split!r}: join distinct split names with '+', e.g. 'train+val'")
+        return JoinedSplits([cls(root, s, **kwargs) for s in names], transform=transform)
     return cls(root, split, transform=transform, **kwargs)
 
 
 __all__ = [
     "CAMVID32", "CITYSCAPES_TRAIN_IDS", "DATASETS", "CamVidDataset", "CityscapesDataset", "DatasetError",
-    "KittiRoadDataset", "SegmentationDataset", "build_dataset", "camvid_group", "map_colours",
+    "JoinedSplits", "KittiRoadDataset", "SegmentationDataset", "build_dataset", "camvid_group", "map_colours",
     "natural_key", "read_class_dict", "read_index_label", "read_rgb",
 ]

@@ -102,6 +102,7 @@ class GpuResidentData:
         self.images = images.to(self.device)
         self.masks = masks.to(self.device)
         self.soft: torch.Tensor | None = None  # teacher logits for distillation (set_soft_targets)
+        self._rare: list[list[torch.Tensor]] = []  # per image, per rare class: flat pixel indices (set_rare_classes)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
@@ -111,6 +112,14 @@ class GpuResidentData:
         if logits.ndim != 4 or logits.shape[0] != len(self):
             raise ValueError(f"soft targets must be N x C x h x w with N = {len(self)}, got {tuple(logits.shape)}")
         self.soft = logits.to(self.device, torch.float16)
+
+    def set_rare_classes(self, class_ids: Sequence[int]) -> None:
+        """Remember where each of `class_ids` lies in every image, so `batches(rare_crop_prob=p)` can centre
+        a fraction p of the crops on one of them (class-balanced crops: a pole or a sign is in a crop only
+        by luck otherwise, a few percent of the time)."""
+        ids = [int(c) for c in class_ids]
+        self._rare = [[torch.nonzero(self.masks[i].reshape(-1) == c).reshape(-1).cpu() for c in ids]
+                      for i in range(len(self))]
 
     # bookkeeping -----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -149,11 +158,14 @@ class GpuResidentData:
     def batches(self, batch_size: int, crop_size: Sequence[int] | None = None,
                 scale_range: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5,
                 photometric: bool | float = True, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, rare_crop_prob: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (float32 B,3,h,w normalised images, int64 B,h,w masks[, float32 B,C,h,w teacher
         logits when `set_soft_targets` was called]) on the device; advances the epoch so the next call
         shuffles differently. Random parameters come from `generator` (default: one
-        seeded with seed, epoch and rank, so runs repeat)."""
+        seeded with seed, epoch and rank, so runs repeat). `rare_crop_prob`: the fraction of crops placed
+        around a pixel of a rare class (`set_rare_classes`), the class drawn uniformly among those in the image."""
+        if rare_crop_prob > 0 and not self._rare:
+            raise ValueError("rare_crop_prob needs set_rare_classes() first")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         epoch = self.epoch
@@ -171,7 +183,7 @@ class GpuResidentData:
             stop = len(order) - (len(order) % batch_size if drop_last else 0)
             for start in range(0, stop, batch_size):
                 idx = order[start:start + batch_size]
-                yield self._augment(idx.to(self.device), (ch, cw), (lo, hi), hflip, jitter, generator)
+                yield self._augment(idx.to(self.device), (ch, cw), (lo, hi), hflip, jitter, generator, rare_crop_prob)
 
         return gen()
 
@@ -179,7 +191,8 @@ class GpuResidentData:
         return torch.rand(n, generator=generator, device=generator.device).to(self.device, torch.float32)
 
     def _augment(self, idx: torch.Tensor, crop: tuple[int, int], scale_range: tuple[float, float],
-                 hflip: float, jitter: float, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+                 hflip: float, jitter: float, g: torch.Generator,
+                 rare_crop_prob: float = 0.0) -> tuple[torch.Tensor, ...]:
         b = idx.numel()
         h, w = self.size
         ch, cw = crop
@@ -196,6 +209,8 @@ class GpuResidentData:
             return lo_ + (self._rand(b, g) * span).floor().clamp(max=span - 1)
 
         y0, x0 = offset(sh, ch), offset(sw, cw)
+        if rare_crop_prob > 0:
+            y0, x0 = self._rare_offsets(idx, y0, x0, sh, sw, crop, rare_crop_prob, g)
         flip = self._rand(b, g) < hflip
         jj = torch.arange(cw, device=dev, dtype=torch.float32)
         ii = torch.arange(ch, device=dev, dtype=torch.float32)
@@ -222,6 +237,31 @@ class GpuResidentData:
         soft = TF.grid_sample(self.soft.index_select(0, idx).float(), grid, mode="bilinear", padding_mode="border",
                               align_corners=False)
         return img.contiguous(), msk, soft
+
+    def _rare_offsets(self, idx: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, sh: torch.Tensor,
+                      sw: torch.Tensor, crop: tuple[int, int], prob: float,
+                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move the chosen crops so that they hold a random pixel of a random rare class of their image: the
+        pixel lands at a uniform place inside the crop, then the crop is pushed back inside the scaled image."""
+        b = idx.numel()
+        h, w = self.size
+        ch, cw = crop
+        chosen, pick_class, pick_pixel, place_y, place_x = (self._rand(b, g).cpu() for _ in range(5))
+        y0, x0 = y0.clone(), x0.clone()
+        for k, i in enumerate(idx.tolist()):
+            present = [pix for pix in self._rare[i] if pix.numel()]
+            if chosen[k] >= prob or not present:
+                continue
+            pixels = present[min(len(present) - 1, int(pick_class[k] * len(present)))]
+            flat = int(pixels[min(pixels.numel() - 1, int(pick_pixel[k] * pixels.numel()))])
+            # the pixel's centre in the scaled image (the sampling grid maps output centres the same way)
+            ys, xs = (flat // w + 0.5) * float(sh[k]) / h, (flat % w + 0.5) * float(sw[k]) / w
+            for offs, pos, scaled, length, u in ((y0, ys, float(sh[k]), ch, place_y[k]),
+                                                 (x0, xs, float(sw[k]), cw, place_x[k])):
+                start = math.floor(pos - float(u) * (length - 1))
+                lo_, hi_ = min(0.0, scaled - length), max(0.0, scaled - length)
+                offs[k] = min(max(start, lo_), hi_)
+        return y0, x0
 
     def _jitter(self, img: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
         """Per-sample brightness, contrast and saturation factors in [1 - s, 1 + s], as torchvision blends."""

@@ -5,7 +5,7 @@ pixel and whose geometry is known to the centimetre. Scenes are ray cast with nu
 ray hits the nearest of a set of analytic shapes: ground plane, boxes, cylinders, ellipsoids, discs),
 so the label of every pixel is the class of exactly what its centre sees; no void pixels at all.
 
-Geometry (REP-103 axes, the conventions of `msseg_core.camera`):
+Geometry (REP-103 axes, the conventions of `msseg_core.ground.camera`):
 
 * world frame: x forward along a straight, flat road, y left, z up; the ground is the plane z = 0 and
   the road is the strip |y| <= road_width / 2 (lane markings are part of Road, as in CamVid); a
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msseg_core.camera import PinholeCamera
+from msseg_core.ground.camera import PinholeCamera
 from msseg_core.synthetic.render import Renderer
 from msseg_core.synthetic.world import (
     BICYCLIST,

@@ -8,7 +8,7 @@ import math
 import cv2
 import numpy as np
 
-from msseg_core.camera import PinholeCamera
+from msseg_core.ground.camera import PinholeCamera
 from msseg_core.synthetic.shapes import NEAR, Shape, box_corners, cut
 from msseg_core.synthetic.textures import hash01, noise, rgb
 from msseg_core.synthetic.world import (

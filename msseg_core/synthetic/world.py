@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from msseg_core.camera import CameraPose
+from msseg_core.ground.camera import CameraPose
 from msseg_core.synthetic.shapes import Box, Cylinder, Ellipsoid, Planar, Shape, SignPlate, box_corners, sphere_points
 from msseg_core.synthetic.textures import (
     car_paint,

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from msseg_core.io import write_json_atomic
-from msseg_ros import bag, topics
+from msseg_ros import bag
 from msseg_ros.bag.info import bag_info
 from msseg_ros.bag.make import CAMVID_HFOV_DEG, DEFAULT_START_S
 from msseg_ros.bag.play import LABELS_TOPIC
+from msseg_ros.transport import topics
 
 
 def _report(report: dict, path: str | None) -> None:
@@ -129,12 +130,12 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from msseg_core.checkpoint import default_checkpoint
-    from msseg_core.inference import Segmenter
+    from msseg_core.runtime.segmenter import Segmenter
+    from msseg_core.zoo import resolve_checkpoint
     from msseg_ros.bag.evaluate import evaluate_bag
 
     bag_info(args.bag)  # a bad bag path fails before the model loads
-    ckpt = args.checkpoint or str(default_checkpoint())
+    ckpt = str(resolve_checkpoint(args.checkpoint))
     segmenter = Segmenter.from_checkpoint(ckpt, device=args.device, precision=args.precision,
                                           backend=args.backend, threads=args.threads)
     _report(evaluate_bag(args.bag, segmenter, args.image_topic, args.gt_topic, checkpoint=ckpt), args.json)
@@ -204,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--ros-args" in argv:  # started by a launch file as if it were a node: ROS arguments are not ours
         argv = argv[:argv.index("--ros-args")]
     args = parse_args(argv)
+    if args.command in ("eval", "make"):
+        from msseg_core.cli.common import configure_process
+
+        configure_process(getattr(args, "threads", None), getattr(args, "device", "cpu"))
     try:
         return COMMANDS[args.command](args)
     except (ValueError, RuntimeError, OSError, ReaderError, WriterError) as exc:

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from msseg_ros import topics
 from msseg_ros.bag.info import bag_info, pick_image_topic
-from msseg_ros.cdr import typestore
-from msseg_ros.messages import mono8_array, stamp_ns
+from msseg_ros.transport import topics
+from msseg_ros.transport.cdr import typestore
+from msseg_ros.transport.messages import mono8_array, stamp_ns
 
 
 def evaluate_bag(bag: str | os.PathLike, segmenter: Any, image_topic: str | None = None,
@@ -25,8 +25,8 @@ def evaluate_bag(bag: str | os.PathLike, segmenter: Any, image_topic: str | None
     decode + inference, after one warm-up frame), frames_without_gt and gt_without_frames."""
     from rosbags.rosbag2 import Reader
 
-    from msseg_core.metrics import ConfusionMatrix
-    from msseg_ros.image_codec import decode
+    from msseg_core.evaluation.metrics import ConfusionMatrix
+    from msseg_ros.transport.image_codec import decode
 
     ts = typestore()
     info = bag_info(bag)

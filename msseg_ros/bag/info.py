@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msseg_ros import topics
-from msseg_ros.messages import IMAGE_TYPES
+from msseg_ros.transport import topics
+from msseg_ros.transport.messages import IMAGE_TYPES
 
 BAG_VERSION = 8
 """rosbag2 metadata version written: 8 is what Jazzy's rosbag2 writes and reads (and later releases read)."""

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from msseg_core.camera import PinholeCamera
-from msseg_ros import topics
+from msseg_core.ground.camera import PinholeCamera
 from msseg_ros.bag.info import BAG_VERSION, storage_plugin
-from msseg_ros.cdr import typestore
+from msseg_ros.transport import topics
+from msseg_ros.transport.cdr import typestore
 
 DEFAULT_START_S = 1_700_000_000.0
 """First header stamp of a made bag (seconds since the epoch): any fixed, non-zero time works."""

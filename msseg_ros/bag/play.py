@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msseg_ros import topics
 from msseg_ros.bag.info import bag_info, pick_image_topic
-from msseg_ros.cdr import cdr_restamp, cdr_stamp
-from msseg_ros.messages import HEADER_FIRST_TYPES, ros_message_class
+from msseg_ros.transport import topics
+from msseg_ros.transport.cdr import cdr_restamp, cdr_stamp
+from msseg_ros.transport.messages import HEADER_FIRST_TYPES, ros_message_class
 
 LABELS_TOPIC = topics.in_namespace(topics.NAMESPACE, topics.LABELS)
 """Where the player waits for the node's labels in lock-step (the launch file's default)."""
@@ -199,8 +199,8 @@ def play_bag(bag: str, rate: float = 1.0, loop: bool = False, lockstep: bool = F
 
     Before the first message, waits up to `wait_subscribers` seconds for a subscriber on each topic
     of `wait_for` (default: the image topic)."""
-    from msseg_ros.graph import PrivateContext
-    from msseg_ros.qos import apply_fastdds_profile
+    from msseg_ros.transport.graph import PrivateContext
+    from msseg_ros.transport.qos import apply_fastdds_profile
 
     stop = stop or threading.Event()
     apply_fastdds_profile()  # large frames need the shared-memory profile; a user's choice wins

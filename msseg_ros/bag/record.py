@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from msseg_ros.bag.info import BAG_VERSION, storage_plugin
-from msseg_ros.cdr import typestore
-from msseg_ros.messages import MSSEG_TYPES, ros_message_class
+from msseg_ros.transport.cdr import typestore
+from msseg_ros.transport.messages import MSSEG_TYPES, ros_message_class
 
 
 def _record_qos(node: Any, topic: str) -> Any:
@@ -118,8 +118,8 @@ def record_bag(out: str, topics: Sequence[str], duration: float | None = None, s
                types: dict[str, str] | None = None, discovery_timeout: float = 10.0,
                stop: threading.Event | None = None) -> dict[str, int]:
     """Record topics until `duration` seconds have passed or `stop` is set; returns counts per topic."""
-    from msseg_ros.graph import PrivateContext
-    from msseg_ros.qos import apply_fastdds_profile
+    from msseg_ros.transport.graph import PrivateContext
+    from msseg_ros.transport.qos import apply_fastdds_profile
 
     stop = stop or threading.Event()
     apply_fastdds_profile()  # large frames need the shared-memory profile; a user's choice wins

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from msseg_ros import topics
 from msseg_ros.bag.info import bag_info, pick_image_topic
 from msseg_ros.bag.play import BagPlayer
+from msseg_ros.transport import topics
 
 
 def replay_eval(bag: str, checkpoint: str = "", device: str = "cpu", lockstep: bool = True, rate: float = 1.0,
@@ -20,9 +20,9 @@ def replay_eval(bag: str, checkpoint: str = "", device: str = "cpu", lockstep: b
                 stop: threading.Event | None = None) -> dict:
     """Start the node as a subprocess, play the bag (restamped), score its labels live; the report
     is the evaluator's (mIoU schema + latency + frames lost) plus the player's statistics."""
-    from msseg_ros.evaluator_node import EvaluatorNode
-    from msseg_ros.graph import NodeProcess, PrivateContext, ros_arguments
-    from msseg_ros.qos import apply_fastdds_profile
+    from msseg_ros.tools.evaluator import EvaluatorNode
+    from msseg_ros.transport.graph import NodeProcess, PrivateContext, ros_arguments
+    from msseg_ros.transport.qos import apply_fastdds_profile
 
     stop = stop or threading.Event()
     info = bag_info(bag)

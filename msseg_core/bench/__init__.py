@@ -1,0 +1,1 @@
+"""Benchmarks: timing, reports, networks, the Segmenter, the accuracy/speed front."""

@@ -1,0 +1,29 @@
+"""What every msseg program sets for its process, in one place: library code never changes process-wide state.
+
+PyTorch has one intra-op thread pool per process, cuDNN one autotuning switch, Python one warnings
+filter list: a library that set them would change them under the program that imported it. The console
+scripts (and the ROS node, an application too) call `configure_process` once with their options.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from msseg_core.runtime.engines.torch_ort import default_threads
+from msseg_core.runtime.segmenter import resolve_device
+
+
+def configure_process(threads: int | None = None, device: str | torch.device = "cpu") -> int:
+    """PyTorch's intra-op threads (default: the usable cores), cuDNN autotuning on CUDA (our inputs have a
+    fixed size per run, so the first call's search pays off), and silence for PyTorch's warning about
+    wrapping read-only arrays (frames are read-only views of received messages; the network only reads
+    them). Returns the thread count set."""
+    n = int(threads) if threads else default_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    if resolve_device(str(device)).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+    return n

@@ -1,0 +1,1 @@
+"""Deployment artefacts built from a checkpoint and data: INT8 models."""

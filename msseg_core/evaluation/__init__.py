@@ -1,0 +1,1 @@
+"""Scoring a Segmenter on a labelled split: confusion matrices, evaluation, temperature scaling."""

@@ -1,0 +1,1 @@
+"""Inference: the Segmenter (preprocess -> network -> postprocess), its engines and files."""

@@ -1,0 +1,1 @@
+"""Training: recipes, losses, the training loop, distillation and run bookkeeping."""

