@@ -33,6 +33,7 @@ setup(
             "msseg-demo = msseg_ros.tools.demo:main",
             "msseg-bag = msseg_ros.bag.cli:main",
             "msseg-train = msseg_core.cli.train:main",
+            "msseg-data = msseg_core.cli.data:main",
             "msseg-eval = msseg_core.cli.evaluate:main",
             "msseg-predict = msseg_core.cli.predict:main",
             "msseg-export = msseg_core.cli.export:main",

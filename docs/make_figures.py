@@ -18,21 +18,11 @@ import cv2
 import numpy as np
 
 from msseg_core import synthetic
-from msseg_core.ground.projection import FREE, OCCUPIED, UNKNOWN, GroundGridLookup
+from msseg_core.ground.birdseye import grid_to_image
+from msseg_core.ground.projection import GroundGridLookup
 from msseg_core.ground.road_mask import refine_road_mask
 
 DOCS = Path(__file__).resolve().parent
-
-
-def grid_to_image(grid: np.ndarray, scale: int = 1) -> np.ndarray:
-    """Bird's-eye RGB view of an OccupancyGrid-layout int8 grid (rows +y, columns +x): forward is up,
-    left is left. Free = pale green, not road = dark grey, unknown = mid grey."""
-    colours = {FREE: (200, 235, 200), OCCUPIED: (60, 60, 60), UNKNOWN: (150, 150, 150)}
-    bev = np.asarray(grid).T[::-1, ::-1]
-    out = np.zeros((*bev.shape, 3), np.uint8)
-    for value, colour in colours.items():
-        out[bev == value] = colour
-    return np.repeat(np.repeat(out, scale, axis=0), scale, axis=1) if scale > 1 else out
 
 
 def road_grid_figure(path: str | Path, seed: int = 2, size: tuple[int, int] = (360, 480), resolution: float = 0.2,

@@ -41,10 +41,11 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "checkpoint": ("", "Model checkpoint; '' = as in params_file"),
     "device": ("", "auto | cpu | cuda | cuda:N; '' = as in params_file"),
     "precision": ("", "fp32 | fp16 | bf16 | int8; '' = as in params_file"),
+    "tta": ("", "none | flip (also run the mirrored frame, average the logits); '' = as in params_file"),
     **launching.NODE_ARGUMENTS,
 }
 # Launch arguments that override the parameter of the same name when not empty.
-PARAMETER_ARGUMENTS = ("checkpoint", "device", "precision")
+PARAMETER_ARGUMENTS = ("checkpoint", "device", "precision", "tta")
 # (name the node uses, launch argument giving the target, suffix appended to it)
 REMAPS: list[tuple[str, str, str]] = [
     (topics.IMAGE, "image_topic", ""),

@@ -1,6 +1,6 @@
 """Launch one segmentation node for several cameras: one model in memory, their frames batched.
 
-    ros2 launch msseg_ros multi_camera.launch.py cameras:=[front,left,right] image_topic:=/{camera}/image_raw
+    ros2 launch msseg_ros multi_camera.launch.py cameras:="[front,left,right]" image_topic:=/{camera}/image_raw
 
 does the same as the plain command (which needs no `launch` package):
 
@@ -41,9 +41,10 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "checkpoint": ("", "Model checkpoint; '' = as in params_file"),
     "device": ("", "auto | cpu | cuda | cuda:N; '' = as in params_file"),
     "precision": ("", "fp32 | fp16 | bf16 | int8; '' = as in params_file"),
+    "tta": ("", "none | flip (also run the mirrored frame, average the logits); '' = as in params_file"),
     **launching.NODE_ARGUMENTS,
 }
-PARAMETER_ARGUMENTS = ("checkpoint", "device", "precision")  # override the parameter of that name when not empty
+PARAMETER_ARGUMENTS = ("checkpoint", "device", "precision", "tta")  # override the parameter of that name when not empty
 # (topic the node uses for a camera, launch argument with the target pattern, suffix appended to it)
 REMAPS: list[tuple[str, str, str]] = [
     (topics.IMAGE, "image_topic", ""),

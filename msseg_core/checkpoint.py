@@ -45,10 +45,25 @@ class CheckpointMeta:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     temperature: float = 1.0  # logits are divided by it before softmax (msseg-calibrate fits it)
+    ground_classes: list[str] = field(default_factory=list)  # lie on the ground plane; [] = see `ground`
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def ground(self) -> list[str]:
+        """The classes that lie on the ground plane (the ground points of msseg_core.ground.points): as
+        stored, else those of the dataset's class table when the classes are that table's (checkpoints
+        from before the field), else the road classes."""
+        if self.ground_classes:
+            return list(self.ground_classes)
+        from msseg_core.classes import CLASS_SETS
+
+        known = CLASS_SETS.get(self.dataset)
+        if known is not None and list(known.names) == list(self.class_names) and known.ground:
+            return list(known.ground)
+        return list(self.road_classes)
 
     def validate(self) -> None:
         """Raise CheckpointError on inconsistent metadata, before any model is built from it."""
@@ -61,9 +76,10 @@ class CheckpointMeta:
             len(c) != 3 or any(not isinstance(v, int) or not 0 <= v <= 255 for v in c) for c in self.palette
         ):
             raise CheckpointError(f"palette must hold {n} RGB triples of 0..255")
-        unknown = [r for r in self.road_classes if r not in self.class_names]
-        if unknown:
-            raise CheckpointError(f"road classes {unknown} are not among the classes {self.class_names}")
+        for kind, names in (("road", self.road_classes), ("ground", self.ground_classes)):
+            unknown = [r for r in names if r not in self.class_names]
+            if unknown:
+                raise CheckpointError(f"{kind} classes {unknown} are not among the classes {self.class_names}")
         if len(self.input_size) != 2 or any(not isinstance(v, int) or v < 1 for v in self.input_size):
             raise CheckpointError(f"input_size must be [height, width] > 0, got {self.input_size}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):

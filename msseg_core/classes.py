@@ -15,7 +15,8 @@ class ClassSet:
     name: str
     names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
-    road: tuple[str, ...]
+    road: tuple[str, ...]  # drivable: what road_mask is made of
+    ground: tuple[str, ...] = ()  # lie on the ground plane (road and e.g. pavement); () = the road classes
 
     @property
     def num_classes(self) -> int:
@@ -30,6 +31,7 @@ CAMVID = ClassSet(
     palette=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
              (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
     road=("Road",),
+    ground=("Road", "Pavement"),
 )
 
 # Cityscapes' 19 evaluation ("train id") classes.
@@ -43,6 +45,7 @@ CITYSCAPES = ClassSet(
              (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
              (0, 80, 100), (0, 0, 230), (119, 11, 32)),
     road=("road",),
+    ground=("road", "sidewalk", "terrain"),
 )
 
 # KITTI Road: road versus everything else.

@@ -112,14 +112,17 @@ def test_device_preprocessing_matches_cv2_and_numpy(segmenters, shape):
 PATHS = [("torch", "cv2"), ("onnxruntime", "cv2"), ("onnxruntime", "torch")]
 
 
+@pytest.mark.parametrize("upsample", ["boundary", "exact"])
 @pytest.mark.parametrize("path", PATHS, ids=["-".join(p) for p in PATHS])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_every_output_matches_the_reference_path(ckpt, segmenters, path, shape, monkeypatch):
+def test_every_output_matches_the_reference_path(ckpt, segmenters, path, shape, upsample, monkeypatch):
     backend, post = path
     model, meta = load_checkpoint(ckpt)
     seg = segmenters[backend]
     assert seg.backend == backend
     monkeypatch.setattr(seg, "_cv2_post", post == "cv2")
+    monkeypatch.setattr(seg, "upsample", upsample)
+    monkeypatch.setattr(seg, "_boundary_min_work", 0.0)  # the boundary kernels even on these small frames
     rgb = frame(*shape, seed=2)
     before = rgb.copy()
     out = seg.segment(rgb, OUTPUTS, overlay_alpha=0.3)
@@ -136,8 +139,11 @@ def test_every_output_matches_the_reference_path(ckpt, segmenters, path, shape, 
     road = [seg.class_names.index(c) for c in seg.road_classes]
     np.testing.assert_array_equal(out["road_mask"], np.where(np.isin(lab, road), 255, 0))
     same = lab == labels
-    conf_ref = np.round(probs.max(0) * 255)
-    assert np.abs(out["confidence"].astype(int) - conf_ref)[same].max() <= 2
+    err = np.abs(out["confidence"].astype(int) - np.round(probs.max(0) * 255))[same]
+    if upsample == "exact":
+        assert err.max() <= 2
+    else:  # confidence from the network's scale (postprocess.py): within 2 levels almost everywhere
+        assert (err <= 2).mean() >= 0.99
 
 
 def test_cpu_and_tensor_post_processing_agree_on_batches(segmenters, monkeypatch):

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from msseg_ros.node import health
-from msseg_ros.node.cameras import Camera, auto_streams, check_camera_names, stray_camera_parameter
+from msseg_ros.node.cameras import Camera, auto_streams, check_camera_names, check_camera_parameters
 from msseg_ros.node.pipeline import CameraMailboxes, FrameStats, FrameThreads, InferredFrame, InputState
 from msseg_ros.node.road_grid import RoadGridBuilder
 
@@ -80,7 +80,7 @@ def test_streams_overlap_and_keep_each_cameras_order() -> None:
         if not overlapped.is_set():
             both_inside.wait()
             overlapped.set()
-        return [InferredFrame(camera, None, None, set(), [], False, 0.0, 0.0, stream)  # type: ignore[arg-type]
+        return [InferredFrame(camera, None, None, None, 0.0, 0.0, stream)  # type: ignore[arg-type]
                 for camera, _ in items]
 
     def publish(frame: InferredFrame) -> None:
@@ -120,7 +120,7 @@ def test_a_worker_outlives_an_unexpected_failure() -> None:
     def infer(stream: int, items: list) -> list[InferredFrame]:
         if next(calls) == 0:
             raise RuntimeError("unforeseen")
-        return [InferredFrame(camera, seq, None, set(), [], False, 0.0, 0.0, stream)  # type: ignore[arg-type]
+        return [InferredFrame(camera, seq, None, None, 0.0, 0.0, stream)  # type: ignore[arg-type]
                 for camera, seq in items]
 
     threads = FrameThreads(boxes, infer, lambda frame: published.append(frame.header), failed=lambda c, e: None,
@@ -169,12 +169,29 @@ def test_camera_names(names: list[str], problem: str | None) -> None:
     assert result is None if problem is None else problem in result, result
 
 
-def test_per_camera_parameters_for_unknown_cameras_or_names() -> None:
-    assert stray_camera_parameter(["front.camera_height", "qos_overrides./x.publisher.depth", "device"],
-                                  ["front"]) is None
-    assert "no camera 'rear' (cameras: front)" in stray_camera_parameter(["rear.camera_height"], ["front"])
-    assert "cameras parameter is empty" in stray_camera_parameter(["front.camera_pitch"], [])
-    assert "no parameter 'camera_heigth'" in stray_camera_parameter(["front.camera_heigth"], ["front"])
+def test_a_params_file_may_describe_more_cameras_than_are_launched() -> None:
+    """multi_camera.launch.py cameras:="[front,left]" with the default file, which mounts front, left and
+    right: right's parameters are ignored with a note, never an error."""
+    mounted = [f"{c}.{p}" for c in ("front", "left", "right") for p in ("camera_height", "camera_yaw")]
+    problem, notes = check_camera_parameters([*mounted, "qos_overrides./x.publisher.depth", "device"],
+                                             ["front", "left"])
+    assert problem is None and notes == ["parameters of cameras not in `cameras` ignored: right"]
+    assert check_camera_parameters(mounted, ["front", "left", "right"]) == (None, [])
+    problem, notes = check_camera_parameters(["front.camera_pitch"], [])  # a one-camera node: nothing of it applies
+    assert problem is None and notes == ["parameters of cameras not in `cameras` ignored: front"]
+
+
+def test_a_misspelt_camera_or_parameter_is_an_error() -> None:
+    mounted = [f"{c}.camera_height" for c in ("front", "left", "right")]
+    problem, _ = check_camera_parameters(mounted, ["front", "lefft"])
+    assert problem == ("camera 'lefft' has no parameters of its own, but 'left' has (and is not in cameras: "
+                       "front, lefft): a misspelling?")
+    problem, _ = check_camera_parameters(["front.camera_heigth"], ["front"])
+    assert "no parameter 'camera_heigth'" in problem
+    # A camera that simply has no parameters of its own (nothing close to it is described) runs on the
+    # top-level values, with a note.
+    problem, notes = check_camera_parameters(["front.camera_height"], ["front", "rear"])
+    assert problem is None and notes == ["camera rear has no parameters of its own: it uses the top-level values"]
 
 
 def test_camera_names_of_topics_and_parameters() -> None:

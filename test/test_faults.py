@@ -354,7 +354,7 @@ def test_training_names_an_unreadable_image_read_by_a_loader_worker(tmp_path: Pa
     image.write_bytes(image.read_bytes()[:40])
     recipe = _recipe(tmp_path / "r.yaml", root, epochs=1, pipeline="loader")
     recipe.write_text(recipe.read_text().replace("workers: 0", "workers: 2"))
-    proc = subprocess.run([sys.executable, "-m", "msseg_core.training.train", "--config", str(recipe), "--out",
+    proc = subprocess.run([sys.executable, "-m", "msseg_core.cli.train", "--config", str(recipe), "--out",
                            str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("msseg-train: error:")]
@@ -374,7 +374,7 @@ class Trainer:
     """`python -m msseg_core.training.train` in a subprocess, stdout in a file."""
 
     def __init__(self, recipe: Path, out: Path, resume: bool, log: Path):
-        cmd = [sys.executable, "-m", "msseg_core.training.train", "--config", str(recipe), "--out", str(out)]
+        cmd = [sys.executable, "-m", "msseg_core.cli.train", "--config", str(recipe), "--out", str(out)]
         self.log = log
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(cmd + (["--resume"] if resume else []), stdout=fh,

@@ -34,8 +34,8 @@ pytestmark = pytest.mark.ros
 
 LAUNCH_FILE = REPO / "launch" / "camvid.launch.py"
 MULTI_LAUNCH_FILE = REPO / "launch" / "multi_camera.launch.py"
-NODE_SOURCE = REPO / "msseg_ros" / "segmentation_node.py"
-PARAMETER_SOURCE = REPO / "msseg_ros" / "node_parameters.py"
+NODE_SOURCE = REPO / "msseg_ros" / "node" / "segmentation_node.py"
+PARAMETER_SOURCE = REPO / "msseg_ros" / "node" / "parameters.py"
 
 
 def load_launch(path: Path) -> ModuleType:

@@ -246,8 +246,8 @@ def test_per_camera_road_grid_parameters(three) -> None:
     ({"cameras": ["front", "front"]}, "parameter cameras: camera 'front' is listed twice"),
     ({"cameras": ["front", "left/2"]}, "parameter cameras: camera name 'left/2' must start with a letter"),
     ({"cameras": ["device"]}, "parameter cameras: camera name 'device' is the name of a node parameter"),
-    ({"cameras": ["front"], "rear.camera_height": 1.0}, "parameter rear.camera_height: there is no camera 'rear'"),
-    ({"front.camera_pitch": 0.1}, "there is no camera 'front' (cameras: none, the cameras parameter is empty)"),
+    ({"cameras": ["front", "lefft"], "front.camera_height": 1.0, "left.camera_height": 1.0},
+     "camera 'lefft' has no parameters of its own, but 'left' has (and is not in cameras: front, lefft)"),
     ({"cameras": ["front"], "front.camera_heigth": 1.0}, "cameras have no parameter 'camera_heigth'"),
     ({"cameras": ["front"], "front.camera_pitch": 2.0}, "camera front: camera_pitch and camera_roll must be"),
 ])
@@ -257,6 +257,22 @@ def test_bad_camera_configurations_are_one_clear_error(tiny_checkpoint, params: 
     assert expected in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
+def test_a_params_file_may_mount_cameras_that_are_not_launched(tiny_checkpoint) -> None:  # noqa: F811
+    """multi_camera.launch.py cameras:="[front,left]" with config/multi_camera.yaml, which mounts right too."""
+    import yaml
+    from helpers_ros import REPO
+
+    file_params = yaml.safe_load((REPO / "config" / "multi_camera.yaml").read_text())["/**"]["ros__parameters"]
+    mounted = {f"{cam}.{k}": v for cam in ("front", "left", "right") for k, v in file_params[cam].items()}
+    with InProcessNode({"checkpoint": str(tiny_checkpoint), "cameras": ["front", "left"], **mounted},
+                       namespace("cams_subset")) as node:
+        seg = node.node
+        assert [c.name for c in seg.cameras] == ["front", "left"]
+        left = seg.cameras[1].road_grid.params
+        assert left.camera_yaw == pytest.approx(1.5708) and left.grid_min_x == -12.0
+        assert not seg.has_parameter("right.camera_yaw")
+
+
 def test_a_failed_configure_leaves_nothing_half_made(tiny_checkpoint) -> None:  # noqa: F811
     params = {"checkpoint": str(tiny_checkpoint), "cameras": CAMERAS, "right.camera_pitch": 2.0, "autostart": False}
     with InProcessNode(params, namespace("cams_half")) as node:
@@ -264,6 +280,7 @@ def test_a_failed_configure_leaves_nothing_half_made(tiny_checkpoint) -> None:  
         assert seg.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert "camera right" in seg.last_error
         assert seg.cameras == [] and seg.segmenter is None
-        assert not [n for n in seg._parameters if n.startswith(("front.", "left.", "right.")) or n == "road_classes"]
+        declared = seg.list_parameters([], 0).names
+        assert not [n for n in declared if n.startswith(("front.", "left.", "right.")) or n == "road_classes"]
         names = {name for name, _ in seg.get_subscriber_names_and_types_by_node(seg.get_name(), seg.get_namespace())}
         assert not [n for n in names if n.endswith("/image")], names

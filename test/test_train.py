@@ -14,10 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from msseg_core.cli import train as train_cli
+from msseg_core.training import network
 from msseg_core.training import train as train_mod
+from msseg_core.training.losses import mfb_weights
 from msseg_core.training.recipe import RecipeError, load_recipe, save_recipe
+from msseg_core.training.schedule import lr_factor, set_schedule_step
 from msseg_core.training.state import load_train_state, rng_state, save_train_state, set_rng_state
-from msseg_core.training.train import lr_factor, mfb_weights, set_schedule_step
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "config" / "train").glob("*.yaml"))
@@ -297,7 +299,7 @@ def test_init_from_starts_a_new_run_from_a_trained_checkpoint(trained, camvid_ro
     ckpt = out / "last.safetensors"
     recipe = load_recipe(tiny_recipe(tmp_path, camvid_root, 1),
                          [f"model.init_from={ckpt}", "optim.lr=1e-5", "optim.warmup_epochs=0"])
-    start = train_mod.build_network(recipe, 11).state_dict()
+    start = network.build_network(recipe, 11).state_dict()
     assert all(torch.equal(start[k], v) for k, v in weights(ckpt).items())
     train_mod.fit(recipe, tmp_path / "ft", quiet=True)
     tuned, scratch = read_csv(tmp_path / "ft" / "metrics.csv"), read_csv(out / "metrics.csv")

@@ -31,28 +31,15 @@ GPU_CONFIGS = (("torch", "fp32"), ("torch", "fp16"), ("tensorrt", "fp32"), ("ten
 def run(args: argparse.Namespace) -> dict:
     """Score and time every configuration; the report's `default` names the node's default point.
     With --from-json: the saved reports merged and charted instead (nothing measured)."""
-    import json
-
-    import torch
-
     if getattr(args, "from_json", ""):
-        try:
-            report = merge_reports([json.loads(Path(f).read_text()) for f in args.from_json.split(",") if f],
-                                   dict(r.split("=", 1) for r in getattr(args, "rename", [])))
-        except (OSError, ValueError, KeyError) as exc:
-            raise SystemExit(f"msseg-bench pareto: --from-json: {exc}") from None
-        if args.chart:
-            write_chart(report, args.chart, args.title)
-        return report
+        return _from_json(args)
     if not args.data_root:
         raise SystemExit("msseg-bench pareto: --data-root is required (the split to score on)")
 
-    from msseg_core.bench.segmenter import environment, split_list, time_calls
-    from msseg_core.data import build_dataset
-    from msseg_core.evaluation.evaluate import evaluate_split
+    from msseg_core.bench.segmenter import environment, split_list
     from msseg_core.runtime.engines.factory import engine_versions
     from msseg_core.runtime.engines.torch_ort import default_threads
-    from msseg_core.runtime.segmenter import Segmenter, resolve_device
+    from msseg_core.runtime.segmenter import resolve_device
 
     device = resolve_device(args.device)
     threads = args.threads or default_threads()
@@ -60,58 +47,121 @@ def run(args: argparse.Namespace) -> dict:
     configs = [tuple(c.split(":")) for c in split_list(args.configs)] or [
         c for c in (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS) if c[0] in installed]
     checkpoints = split_list(args.checkpoints)
-    results, dataset, frames = [], None, []
+    split = _Split(args.data_root, args.split)
+    results = []
     for ckpt in checkpoints:
-        reference = None
-        for backend, precision in configs:
-            row = {"checkpoint": ckpt, "backend": backend, "precision": precision, "threads": threads}
-            try:
-                t0 = time.perf_counter()
-                seg = Segmenter.from_checkpoint(ckpt, device=str(device), precision=precision, backend=backend,
-                                                threads=threads, cache_dir=args.cache_dir)
-                row["init_s"] = round(time.perf_counter() - t0, 3)
-                if dataset is None:  # read once: every configuration is timed on the same frames
-                    dataset = build_dataset(seg.meta.dataset or "camvid", args.data_root, args.split)
-                    frames = [np.asarray(dataset[i][0]) for i in range(len(dataset))]
-                cm = evaluate_split(seg, dataset)
-                row.update(model=seg.meta.model, model_args=seg.meta.model_args, input_size=list(seg.input_size),
-                           miou=round(float(cm.miou), 5), per_class_iou=dict(zip(
-                               seg.class_names, (round(float(v), 5) for v in cm.iou()), strict=True)))
-                state = {"i": 0}
-
-                def call(seg=seg, frames=frames, state=state):
-                    state["i"] += 1
-                    return seg.predict(frames[state["i"] % len(frames)])
-
-                sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-                row.update(time_calls(call, args.warmup, args.iters, args.max_seconds, sync))
-                row["fps"] = round(1e3 / row["latency_ms"]["mean"], 3)
-                row["frame_size"] = list(frames[0].shape[:2])
-                labels = [seg.predict(f) for f in frames[:args.agreement_frames]]
-                if reference is None and (backend, precision) == ("torch", "fp32"):
-                    reference = labels
-                if reference is not None:
-                    row["labels_agreement_vs_torch_fp32"] = round(float(np.mean(
-                        [(a == b).mean() for a, b in zip(labels, reference, strict=True)])), 5)
-                row["describe"] = seg.describe()
-                del seg
-            except Exception as exc:  # noqa: BLE001 - one configuration that cannot run must not lose the rest
-                row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            log.info("pareto %s %s %s: %s", ckpt, backend, precision,
-                     row.get("error") or f"mIoU {row['miou']:.4f}, {row['fps']:.2f} frames/s")
-            results.append(row)
-    default = None
-    try:  # what the node's defaults run: the first checkpoint, backend auto, fp32
-        seg = Segmenter.from_checkpoint(checkpoints[0], device=str(device), threads=threads, cache_dir=args.cache_dir)
-        default = {"checkpoint": checkpoints[0], "backend": seg.backend, "precision": "fp32",
-                   "auto": seg.describe().get("auto", {})}
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not build the default Segmenter: %s", exc)
+        results += _checkpoint_rows(args, ckpt, configs, device, threads, split)
+    default = _node_default(checkpoints[0], device, threads, args.cache_dir)
     env = dict(environment(device, threads), engines=engine_versions())
     report = {"kind": "pareto", "env": env, "args": vars(args), "results": results, "default": default}
     if args.chart:
         write_chart(report, args.chart, args.title)
     return report
+
+
+def _from_json(args: argparse.Namespace) -> dict:
+    """--from-json: saved reports merged (checkpoints renamed by --rename) and charted."""
+    import json
+
+    try:
+        report = merge_reports([json.loads(Path(f).read_text()) for f in args.from_json.split(",") if f],
+                               dict(r.split("=", 1) for r in getattr(args, "rename", [])))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"msseg-bench pareto: --from-json: {exc}") from None
+    if args.chart:
+        write_chart(report, args.chart, args.title)
+    return report
+
+
+class _Split:
+    """The split every configuration is scored and timed on: read once, when the first Segmenter is
+    built (its metadata names the dataset), so every configuration sees the same frames."""
+
+    def __init__(self, data_root: str, split: str):
+        from msseg_core.data import build_dataset  # here, not in a row: a broken install is no row error
+
+        self._build_dataset = build_dataset
+        self.data_root, self.split = data_root, split
+        self.dataset = None
+        self.frames: list[np.ndarray] = []
+
+    def load_for(self, seg) -> None:
+        if self.dataset is None:
+            self.dataset = self._build_dataset(seg.meta.dataset or "camvid", self.data_root, self.split)
+            self.frames = [np.asarray(self.dataset[i][0]) for i in range(len(self.dataset))]
+
+
+def _checkpoint_rows(args: argparse.Namespace, ckpt: str, configs, device, threads: int, split: _Split) -> list[dict]:
+    """One row per engine x precision of a checkpoint. Labels agreement is against this checkpoint's
+    torch fp32 labels, from the point that configuration has run (it comes first by default)."""
+    from msseg_core.evaluation.evaluate import evaluate_split
+    from msseg_core.runtime.segmenter import Segmenter
+
+    results = []
+    reference = None
+    for backend, precision in configs:
+        row = {"checkpoint": ckpt, "backend": backend, "precision": precision, "threads": threads}
+        try:
+            t0 = time.perf_counter()
+            seg = Segmenter.from_checkpoint(ckpt, device=str(device), precision=precision, backend=backend,
+                                            threads=threads, cache_dir=args.cache_dir)
+            row["init_s"] = round(time.perf_counter() - t0, 3)
+            split.load_for(seg)
+            row.update(_accuracy(seg, evaluate_split(seg, split.dataset)))
+            row.update(_time_predict(args, seg, split.frames, device))
+            row["fps"] = round(1e3 / row["latency_ms"]["mean"], 3)
+            row["frame_size"] = list(split.frames[0].shape[:2])
+            labels = [seg.predict(f) for f in split.frames[:args.agreement_frames]]
+            if reference is None and (backend, precision) == ("torch", "fp32"):
+                reference = labels
+            if reference is not None:
+                row["labels_agreement_vs_torch_fp32"] = round(float(np.mean(
+                    [(a == b).mean() for a, b in zip(labels, reference, strict=True)])), 5)
+            row["describe"] = seg.describe()
+            del seg
+        except Exception as exc:  # noqa: BLE001 - one configuration that cannot run must not lose the rest
+            row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        log.info("pareto %s %s %s: %s", ckpt, backend, precision,
+                 row.get("error") or f"mIoU {row['miou']:.4f}, {row['fps']:.2f} frames/s")
+        results.append(row)
+    return results
+
+
+def _accuracy(seg, cm) -> dict:
+    """The model and its mIoU and per-class IoU from the confusion matrix of the whole split."""
+    return dict(model=seg.meta.model, model_args=seg.meta.model_args, input_size=list(seg.input_size),
+                miou=round(float(cm.miou), 5), per_class_iou=dict(zip(
+                    seg.class_names, (round(float(v), 5) for v in cm.iou()), strict=True)))
+
+
+def _time_predict(args: argparse.Namespace, seg, frames: list[np.ndarray], device) -> dict:
+    """time_calls' figures for `predict` cycling through the split's frames (one call = one frame in,
+    labels out; on CUDA synchronised after each call)."""
+    import torch
+
+    from msseg_core.bench.segmenter import time_calls  # both loaded by run() already
+
+    state = {"i": 0}
+
+    def call(seg=seg, frames=frames, state=state):
+        state["i"] += 1
+        return seg.predict(frames[state["i"] % len(frames)])
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    return time_calls(call, args.warmup, args.iters, args.max_seconds, sync)
+
+
+def _node_default(checkpoint: str, device, threads: int, cache_dir) -> dict | None:
+    """What the node's defaults run (the first checkpoint, backend auto, fp32); None if it cannot be built."""
+    from msseg_core.runtime.segmenter import Segmenter
+
+    try:
+        seg = Segmenter.from_checkpoint(checkpoint, device=str(device), threads=threads, cache_dir=cache_dir)
+        return {"checkpoint": checkpoint, "backend": seg.backend, "precision": "fp32",
+                "auto": seg.describe().get("auto", {})}
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not build the default Segmenter: %s", exc)
+        return None
 
 
 def merge_reports(reports: list[dict], rename: dict[str, str] | None = None) -> dict:

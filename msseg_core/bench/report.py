@@ -31,21 +31,24 @@ def to_markdown(report: dict) -> str:
                 lines.append(f"{head} {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | {rate:.1f} "
                              f"| {r['iters']} |")
     elif report["kind"] == "segmenter":
-        lines += ["| backend | precision | threads | frame | network input | p50 ms | p99 ms | FPS | speed-up vs naive "
-                  "| labels = first backend | runs as | calls |", "|" + "---|" * 12]
+        lines += ["| backend | precision | threads | frame | network input | upsample | tta | p50 ms | p99 ms "
+                  "| network p50 ms | post p50 ms | FPS | speed-up vs naive | labels = first row | runs as | calls |",
+                  "|" + "---|" * 16]
         for r in rows:
             frame = "x".join(map(str, r["frame_size"]))
             net = "x".join(map(str, r["input_size"]))
-            head = f"| {r['backend']} | {r.get('precision', 'fp32')} | {r.get('threads', '')} | {frame} | {net}"
+            head = (f"| {r['backend']} | {r.get('precision', 'fp32')} | {r.get('threads', '')} | {frame} | {net} "
+                    f"| {r.get('upsample', '-')} | {r.get('tta', '-')}")
             if "error" in r:
-                lines.append(f"{head} | - | - | - | - | - | {r['error']} | 0 |")
+                lines.append(f"{head} | - | - | - | - | - | - | - | {r['error']} | 0 |")
                 continue
             d = r.get("describe", {})
             runs = d.get("backend", "")
             if d.get("providers"):
                 runs += " (" + ", ".join(d["providers"]) + ")"
-            lines.append(f"{head} | {r['latency_ms']['p50']:.2f} "
-                         f"| {r['latency_ms']['p99']:.2f} | {r['fps']:.2f} | {_fmt(r.get('speedup_vs_naive'))} "
+            stages = " | ".join(f"{r[k]['p50']:.2f}" if k in r else "-" for k in ("network_ms", "postprocess_ms"))
+            lines.append(f"{head} | {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | {stages} "
+                         f"| {r['fps']:.2f} | {_fmt(r.get('speedup_vs_naive'))} "
                          f"| {100 * r['labels_agreement_vs_first']:.2f}% | {runs} | {r['iters']} |")
     elif report["kind"] == "pareto":
         from msseg_core.bench.pareto import to_markdown as pareto_markdown

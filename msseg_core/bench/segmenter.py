@@ -1,5 +1,7 @@
-"""`msseg-bench segmenter`: the Segmenter end to end (uint8 frame in, uint8 outputs out) per backend and
-precision, against the naive reference path (an fp32 eager model, float resize, argmax, softmax)."""
+"""`msseg-bench segmenter`: the Segmenter end to end (uint8 frame in, uint8 outputs out) per backend,
+precision, upsampling and test-time augmentation, against the naive reference path (an fp32 eager model,
+float resize, argmax, softmax); each Segmenter row also times its two stages on their own (`run_network`,
+then `postprocess` of a held result), so the network's share and the frame-size work are seen apart."""
 
 from __future__ import annotations
 
@@ -158,11 +160,16 @@ def bench_segmenter(args: argparse.Namespace) -> dict:
         frames = synthetic_frames(args.frames, *frame_size)
         reference: list[np.ndarray] | None = None
         naive_p50 = None
-        configs = [(b, p) for b in split_list(args.backends) for p in split_list(args.precision)
-                   if b != "naive" or p == "fp32"]  # naive is fp32 by definition
-        for backend, precision in configs:
+        upsample_modes = split_list(getattr(args, "upsample", "")) or ["boundary"]
+        tta_modes = split_list(getattr(args, "tta", "")) or ["none"]
+        configs = [(b, p, u, t) for b in split_list(args.backends) for p in split_list(args.precision)
+                   for u in upsample_modes for t in tta_modes
+                   if b != "naive" or (p, u, t) == ("fp32", upsample_modes[0], tta_modes[0])]  # naive: one row
+        for backend, precision, upsample, tta in configs:
+            naive = backend == "naive"
             row = {"backend": backend, "precision": precision, "threads": threads, "frame_size": list(frame_size),
-                   "input_size": list(input_size), "outputs": outputs, "source": source}
+                   "input_size": list(input_size), "outputs": outputs, "source": source,
+                   "upsample": "exact" if naive else upsample, "tta": "none" if naive else tta}
             try:
                 if backend == "naive":
                     seg = NaiveSegmenter(model, meta, device=str(device), input_size=input_size)
@@ -172,7 +179,8 @@ def bench_segmenter(args: argparse.Namespace) -> dict:
                         if precision == "int8" else None
                     seg = Segmenter(copy.deepcopy(model), meta, device=str(device), input_size=input_size,
                                     precision=precision, backend=backend, threads=threads, onnx_path=onnx_path,
-                                    cache_dir=args.cache_dir, compile=args.compile, cuda_graphs=args.cuda_graphs)
+                                    cache_dir=args.cache_dir, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                                    upsample=upsample, tta=tta)
                     row["init_s"] = round(time.perf_counter() - t0, 3)
                 row["describe"] = seg.describe()
                 state = {"i": 0}
@@ -184,6 +192,8 @@ def bench_segmenter(args: argparse.Namespace) -> dict:
 
                 row.update(time_calls(call, args.warmup, args.iters, args.max_seconds, device_sync(device)))
                 row["fps"] = round(1e3 / row["latency_ms"]["mean"], 3)
+                if backend != "naive":
+                    row.update(time_stages(seg, frames, outputs, args, device))
                 labels = [seg.segment(f, ["labels"])["labels"] for f in frames]
                 if reference is None:
                     reference = labels
@@ -201,6 +211,29 @@ def bench_segmenter(args: argparse.Namespace) -> dict:
                                          f"{row.get('speedup_vs_naive', 'n/a')}")
             results.append(row)
     return {"kind": "segmenter", "env": environment(device, threads), "args": vars(args), "results": results}
+
+
+def time_stages(seg: Segmenter, frames: list[np.ndarray], outputs: list[str], args: argparse.Namespace,
+                device: torch.device) -> dict:
+    """The two stages of `segment` timed on their own: network_ms (`run_network`: upload, preprocess,
+    network) and postprocess_ms (`postprocess` of results held from it: upsampling, outputs, download)."""
+    sync = device_sync(device)
+    state = {"i": 0}
+
+    def network():
+        seg.run_network(frames[state["i"] % len(frames)])
+        state["i"] += 1
+
+    held = [seg.run_network(f) for f in frames]
+
+    def post():
+        seg.postprocess(held[state["i"] % len(held)], outputs)
+        state["i"] += 1
+
+    net = time_calls(network, args.warmup, args.iters, args.max_seconds, sync)
+    state["i"] = 0
+    done = time_calls(post, args.warmup, args.iters, args.max_seconds, sync)
+    return {"network_ms": net["latency_ms"], "postprocess_ms": done["latency_ms"]}
 
 
 def _int8_file(model: nn.Module, meta: CheckpointMeta, source: str, input_size, device: torch.device, backend: str,

@@ -5,7 +5,7 @@
                            [--max-seconds S] [--json OUT] [--md OUT]
     msseg-bench segmenter  [--checkpoint C | --model NAME] [--sizes 360x480,720x960]
                            [--backends naive,torch,onnxruntime,openvino] [--precision fp32,int8]
-                           [--outputs ...] [--json OUT] [--md OUT]
+                           [--upsample boundary,exact] [--tta none,flip] [--outputs ...] [--json OUT] [--md OUT]
     msseg-bench pareto     --data-root D [--checkpoints camvid,camvid_fast] [--chart PNG]
                            (mIoU against frames/s per model x engine x precision: msseg_core.bench.pareto)
     msseg-bench node       [--checkpoint C] [--sizes 360x480,720x960] [--frames N]
@@ -20,6 +20,8 @@ latency (images/s) at batch > 1. Random weights at each model's default configur
 not depend on the values. GFLOPs are forward FLOPs (2 per multiply-add, `models.stats.gflops`) at
 360x480, batch 1.
 
+Sizes are HEIGHTxWIDTH everywhere (--sizes 1080x1920 is a 1920 x 1080 camera frame).
+
 Modes (`model`): naive (fp32 NCHW eager, nothing else: the baseline), eager (BatchNorm folded,
 channels_last, autocast: Segmenter's PyTorch backend), compiled (eager + torch.compile),
 cuda_graphs (eager + CUDA graph replay; CUDA only), onnxruntime, openvino, tensorrt (the ONNX
@@ -28,15 +30,17 @@ real, its accuracy meaningless). Backends (`segmenter`): naive (the original Seg
 model, float resize, argmax, softmax; the reference that speed-ups are measured
 against), torch, onnxruntime, openvino, tensorrt, auto (what `Segmenter` picks by default); each
 with every `--precision` it runs (int8: the checkpoint's INT8 file from msseg-quantize, or for
-random weights a speed-only one). Every row states the threads its engine ran with (`--threads`,
-the same for PyTorch and the engines).
+random weights a speed-only one), `--upsample` mode and `--tta`. Every row states the threads its engine
+ran with (`--threads`, the same for PyTorch and the engines).
 
 JSON: {"kind", "env": {torch, onnxruntime, device, device_name, cpu, threads, ...}, "args",
 "results": [...]}; `model` rows: model, params, gflops_360x480, size [h, w], precision, mode, batch,
 iters, first_call_ms, latency_ms {p50, p99, mean, min}, fps (batch 1) or throughput_ips (batch > 1),
 error (only when the configuration failed or was skipped). `segmenter` rows: backend, frame_size,
-input_size, outputs, iters, first_call_ms, latency_ms, fps, speedup_vs_naive (ratio of p50s),
-labels_agreement_vs_first (fraction of pixels equal to the first backend's, naive by default), describe.
+input_size, outputs, upsample, tta, iters, first_call_ms, latency_ms (end to end: `segment`), network_ms
+and postprocess_ms (the two stages timed apart: `run_network`, then `postprocess` of held results; not for
+naive), fps, speedup_vs_naive (ratio of p50s), labels_agreement_vs_first (fraction of pixels equal to the
+first row's, naive by default), describe.
 `node` rows: frame_size, frames, node_latency_ms, bare_latency_ms, overhead_ms, overhead_ratio.
 """
 
@@ -84,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", help="Segmenter precisions, e.g. fp32,int8 (naive: fp32 only)")
     s.add_argument("--compile", action="store_true", help="Segmenter option compile (PyTorch backend)")
     s.add_argument("--cuda-graphs", action="store_true", help="Segmenter option cuda_graphs (CUDA only)")
+    s.add_argument("--upsample", default="boundary", help="Segmenter upsample modes, e.g. boundary,exact")
+    s.add_argument("--tta", default="none", help="Segmenter test-time augmentation, e.g. none,flip")
     add_common_arguments(s, iters=30, warmup=3, max_seconds=60.0)
 
     c = sub.add_parser("pareto", help="mIoU against frames/s for every model x engine x precision, one chart",

@@ -1,17 +1,10 @@
 """msseg-calibrate: make `confidence` mean probability (temperature scaling, Guo et al. 2017).
 
-Planners threshold the confidence image (e.g. a costmap layer that trusts road pixels above 0.8), so
-0.8 should be right 80% of the time. Networks trained with cross-entropy are over-confident; one
-scalar T, fitted on held-out data by minimising the negative log-likelihood of softmax(logits / T),
-fixes most of it without changing any label (argmax is invariant to T). T goes into the checkpoint
-metadata (`temperature`) and `Segmenter` divides the logits by it, so every output, `probabilities`
-and the node's `confidence` are calibrated.
-
-    msseg-calibrate --checkpoint runs/x/best.safetensors --data-root ../shared/datasets/camvid \
+    msseg-calibrate --checkpoint runs/x/best.safetensors --data-root ../shared/datasets/camvid \\
         --split val --out runs/x/calibrated.safetensors --png docs/reliability.png
 
-Expected calibration error (ECE): pixels binned by confidence (15 equal-width bins), the mean of
-|accuracy - confidence| weighted by each bin's share of pixels, over every labelled pixel of the split.
+Fits one temperature on the split, writes it into a copy of the checkpoint and draws the reliability
+diagrams before and after (msseg_core.evaluation.temperature says why and how).
 """
 
 from __future__ import annotations

@@ -7,12 +7,13 @@ scripts (and the ROS node, an application too) call `configure_process` once wit
 
 from __future__ import annotations
 
+import argparse
 import warnings
 
 import torch
 
 from msseg_core.runtime.engines.torch_ort import default_threads
-from msseg_core.runtime.segmenter import resolve_device
+from msseg_core.runtime.segmenter import BACKENDS, PRECISIONS, resolve_device
 
 
 def configure_process(threads: int | None = None, device: str | torch.device = "cpu") -> int:
@@ -27,3 +28,27 @@ def configure_process(threads: int | None = None, device: str | torch.device = "
         torch.backends.cudnn.benchmark = True
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
     return n
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
+    """How a program builds its Segmenter, with the node's parameter names: device, precision, backend,
+    threads, tta."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (as the node's)")
+    p.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: the usable cores)")
+    p.add_argument("--tta", default="none", choices=("none", "flip"),
+                   help="flip: also run the mirrored image and average the logits (as the node's tta)")
+
+
+def segmenter_options(args: argparse.Namespace) -> dict:
+    """Segmenter.from_checkpoint's keywords from `add_segmenter_arguments`' options."""
+    return {"device": args.device, "precision": args.precision, "backend": args.backend, "threads": args.threads,
+            "tta": args.tta}

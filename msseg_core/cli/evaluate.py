@@ -1,10 +1,8 @@
 """msseg-eval: mIoU of a checkpoint on a dataset split, through the same `Segmenter` as the node.
 
-Every image is segmented at its full resolution (the Segmenter resizes to the network size and
-returns logits at the image's size), so the numbers are those a user of the node would get.
-Void pixels (255) never count. `evaluate_split` is the reusable part (the rosbag evaluator calls it;
-training validation shares its `iter_logits`); `main` adds the table, the JSON report and the
-confusion-matrix picture.
+    msseg-eval --checkpoint camvid --data-root ../shared/datasets/camvid --split val [--tta flip] [--json r.json]
+
+Prints the per-class table; `--json` writes the report and a confusion-matrix picture beside it.
 """
 
 from __future__ import annotations
@@ -15,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from msseg_core.cli.common import configure_process
+from msseg_core.cli.common import add_segmenter_arguments, configure_process, segmenter_options
 from msseg_core.evaluation.evaluate import evaluate_split, format_table, plot_confusion, report
-from msseg_core.runtime.segmenter import BACKENDS, PRECISIONS, Segmenter
+from msseg_core.runtime.segmenter import Segmenter
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,17 +28,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--confusion-png", default=None,
                    help="confusion matrix picture (default: next to --json, <name>.confusion.png)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (as the node's)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the usable cores)")
+    add_segmenter_arguments(p)
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be >= 1")
     return args
 
 
@@ -50,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from msseg_core.data import build_dataset
 
     try:
-        segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                              backend=args.backend, threads=args.threads)
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, **segmenter_options(args))
         dataset_name = args.dataset or segmenter.meta.dataset or "camvid"
         dataset = build_dataset(dataset_name, args.data_root, args.split)
         if len(dataset) == 0:

@@ -1,15 +1,9 @@
 """msseg-export: a checkpoint as a self-describing ONNX or TorchScript file, checked against PyTorch.
 
-The contract of an exported network is the clean one: float32 (float16 with --fp16) normalised NCHW
-input at the network size, logits N x C x H x W out. Pre- and post-processing stay outside, as in
-`Segmenter`, so every runtime can share them. The checkpoint metadata (model, classes, palette, road
-classes, mean/std, input size) goes into ONNX `metadata_props` (TorchScript: an extra file), so a bare
-.onnx file is enough for `Segmenter.from_checkpoint("model.onnx")`.
+    msseg-export --checkpoint camvid --out camvid.onnx [--fp16] [--height H --width W]
 
-Every export is verified before it is reported done: the exported model (ONNX Runtime for ONNX, the
-loaded TorchScript module for TorchScript) runs the same inputs as the PyTorch module, and the
-maximum absolute logit difference and the argmax label agreement are printed; the exit status is
-non-zero when either is outside tolerance.
+The export runs the same inputs as PyTorch before it is reported done; the exit status is non-zero when
+the logits or labels differ beyond tolerance (the contract of the file: msseg_core.runtime.artifacts).
 """
 
 from __future__ import annotations

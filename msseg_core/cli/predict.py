@@ -1,7 +1,6 @@
 """msseg-predict: colour masks and overlays for image files, through `Segmenter.segment`.
 
-For every input image `<stem>.<ext>` it writes `<stem>_mask.png` (class colours) and
-`<stem>_overlay.png` (the mask blended over the image), both at the image's own resolution.
+    msseg-predict IMAGE_OR_DIR ... --out DIR [--checkpoint camvid_fast] [--tta flip]
 """
 
 from __future__ import annotations
@@ -10,9 +9,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from msseg_core.cli.common import configure_process
+from msseg_core.cli.common import add_segmenter_arguments, configure_process, segmenter_options
 from msseg_core.runtime.files import collect_images, predict_files
-from msseg_core.runtime.segmenter import BACKENDS, PRECISIONS, Segmenter
+from msseg_core.runtime.segmenter import Segmenter
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -22,13 +21,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a zoo model (camvid, camvid_fast) or a .safetensors checkpoint (default: camvid)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask, 0..1")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (as the node's)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the usable cores)")
+    add_segmenter_arguments(p)
     args = p.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be >= 1")
     if not 0.0 <= args.alpha <= 1.0:
         p.error(f"--alpha must be within 0..1, got {args.alpha}")
     return args
@@ -39,8 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_process(getattr(args, "threads", None), getattr(args, "device", "cpu"))
     try:
         files = collect_images(args.inputs)
-        segmenter = Segmenter.from_checkpoint(args.checkpoint or None, device=args.device, precision=args.precision,
-                                              backend=args.backend, threads=args.threads)
+        segmenter = Segmenter.from_checkpoint(args.checkpoint or None, **segmenter_options(args))
         written = predict_files(segmenter, files, args.out, alpha=args.alpha)
     except (ValueError, OSError) as exc:  # CheckpointError is a ValueError; PIL raises OSError subclasses
         print(f"msseg-predict: error: {exc}", file=sys.stderr)

@@ -1,32 +1,11 @@
 """msseg-quantize: a checkpoint's INT8 model, one QDQ ONNX file calibrated once on training frames.
 
-    msseg-quantize --checkpoint camvid --data-root ../shared/datasets/camvid --split train --frames 300 \
+    msseg-quantize --checkpoint camvid --data-root ../shared/datasets/camvid --split train --frames 300 \\
         --eval-split val
 
-Why a QDQ file (QuantizeLinear/DequantizeLinear pairs around an fp32 graph): ONNX Runtime and OpenVINO
-run the same file, so one calibration serves both CPU engines and is judged once (TensorRT runs a
-sibling calibrated on the same frames, see below). It is written beside the checkpoint
-(`camvid.safetensors` -> `camvid.int8.onnx`), where `Segmenter.from_checkpoint(..., precision='int8')`
-looks for it. It carries the checkpoint's metadata (a bare file runs in `Segmenter.from_onnx`) and the
-checkpoint's content digest: a file calibrated for other weights is refused with the command that
-rebuilds it, never used.
-
-Quantiser, chosen by measurement (BENCHMARKS.md, EfficientNet-Lite2 model on CamVid val): ONNX
-Runtime's static quantiser, per-channel int8 weights, uint8 asymmetric activations, min/max over the
-calibration frames. ONNX Runtime and OpenVINO run that file with the same mIoU and at their best
-speed. Two alternatives lost: NNCF's ONNX output (`--method nncf`) ran 2-3x slower than fp32 in ONNX
-Runtime (its Q/DQ placement is not fused into integer kernels) and OpenVINO misread it (val mIoU
--23 points); signed symmetric activations ran 2x slower in ONNX Runtime on AVX2 (no VNNI) and cost
-OpenVINO 14 IoU points on Pavement. TensorRT, however, accepts only zero-point-0 int8 Q/DQ, so it
-gets its own file from the same frames: `--for tensorrt` writes `<name>.int8-tensorrt.onnx`
-(symmetric int8 activations), which `Segmenter` uses on CUDA.
-The first layer (the convolution reading the input) stays fp32: `input_convolutions` says why.
-Other layers that lose too much accuracy can stay fp32 too (`--keep-fp32 REGEX`, matched against ONNX
-node names, e.g. '/attention/'); the file records which.
-
-`--eval-split val` then scores fp32 and INT8 (every installed CPU engine) on that split with
-msseg-eval's code and prints per-class IoU; the exit status is 1 when INT8 loses more than
-`--max-drop` mIoU points (default 1.0).
+The file lands beside the checkpoint (`camvid.int8.onnx`), where `precision: int8` finds it; why QDQ, which
+quantiser and which layers stay fp32: msseg_core.deploy.int8. `--eval-split` scores fp32 and INT8 on that
+split; the exit status is 1 when INT8 loses more than `--max-drop` mIoU points.
 """
 
 from __future__ import annotations

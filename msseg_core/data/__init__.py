@@ -1,4 +1,5 @@
-"""Datasets (CamVid, Cityscapes, KITTI Road), joint image/mask augmentation, and a GPU-resident data path.
+"""Datasets (CamVid, Cityscapes, KITTI Road, your own "folder"), joint image/mask augmentation, and a
+GPU-resident data path.
 
 `build_dataset(name, root, split)` is the entry point; samples are (uint8 HxWx3 RGB, uint8 HxW class ids
 with 255 = ignore). The transforms (torchvision) and the GPU path are imported on first use, so reading
@@ -20,6 +21,11 @@ from msseg_core.data.datasets import (
     SegmentationDataset,
     build_dataset,
 )
+from msseg_core.data.folder import FolderDataset, check_folder
+
+# Registered here, not in datasets.py: folder.py builds on datasets.py (the package runs this before any
+# of its modules, so build_dataset always knows "folder").
+DATASETS.setdefault("folder", FolderDataset)
 
 _LAZY = {
     "TrainTransform": "msseg_core.data.transforms",
@@ -36,5 +42,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CAMVID", "CITYSCAPES", "DATASETS", "IGNORE_INDEX", "KITTI_ROAD", "CamVidDataset", "CityscapesDataset",
-    "ClassSet", "DatasetError", "KittiRoadDataset", "SegmentationDataset", "build_dataset", *_LAZY,
+    "ClassSet", "DatasetError", "FolderDataset", "KittiRoadDataset", "SegmentationDataset", "build_dataset",
+    "check_folder", *_LAZY,
 ]

@@ -508,6 +508,7 @@ class KittiRoadDataset(SegmentationDataset):
 # --------------------------------------------------------------------------------------------------------
 # Registry
 
+# + "folder" (msseg_core/data/folder.py), which builds on this module and is registered by msseg_core.data.
 DATASETS: dict[str, type[SegmentationDataset]] = {
     "camvid": CamVidDataset,
     "cityscapes": CityscapesDataset,
@@ -545,7 +546,8 @@ class JoinedSplits(SegmentationDataset):
 
 def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None,
                   **kwargs: Any) -> SegmentationDataset:
-    """The dataset `name` ('camvid', 'cityscapes', 'kitti_road'); extra keywords go to its class
+    """The dataset `name` ('camvid', 'cityscapes', 'kitti_road', 'folder': your own, msseg_core.data.folder,
+    registered by the package); extra keywords go to its class
     (e.g. CamVid's `layout`). `split` may join splits with '+' ('train+val')."""
     try:
         cls = DATASETS[name]

@@ -1,7 +1,4 @@
-"""msseg-quantize: a checkpoint's INT8 model, one QDQ ONNX file calibrated once on training frames.
-
-    msseg-quantize --checkpoint camvid --data-root ../shared/datasets/camvid --split train --frames 300 \\
-        --eval-split val
+"""A checkpoint's INT8 model: one QDQ ONNX file calibrated once on training frames (msseg-quantize).
 
 Why a QDQ file (QuantizeLinear/DequantizeLinear pairs around an fp32 graph): ONNX Runtime and OpenVINO
 run the same file, so one calibration serves both CPU engines and is judged once (TensorRT runs a

@@ -1,4 +1,4 @@
-"""msseg-eval: mIoU of a checkpoint on a dataset split, through the same `Segmenter` as the node.
+"""The mIoU of a Segmenter on a dataset split, as msseg-eval, msseg-bag eval and training validation report it.
 
 Every image is segmented at its full resolution (the Segmenter resizes to the network size and
 returns logits at the image's size), so the numbers are those a user of the node would get.

@@ -1,4 +1,4 @@
-"""msseg-calibrate: make `confidence` mean probability (temperature scaling, Guo et al. 2017).
+"""Temperature scaling, so that `confidence` means probability (Guo et al. 2017; msseg-calibrate).
 
 Planners threshold the confidence image (e.g. a costmap layer that trusts road pixels above 0.8), so
 0.8 should be right 80% of the time. Networks trained with cross-entropy are over-confident; one

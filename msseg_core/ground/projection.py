@@ -21,6 +21,14 @@ OCCUPIED = 100
 UNKNOWN = -1
 
 
+def grid_layout(resolution: float, length: float, width: float, min_x: float = 0.0
+                ) -> tuple[int, int, tuple[float, float, float]]:
+    """(rows, cols, origin) of the grid with these extents: whole cells, x from min_x, y centred."""
+    cols = max(1, int(round((float(length) - float(min_x)) / float(resolution))))
+    rows = max(1, int(round(float(width) / float(resolution))))
+    return rows, cols, (float(min_x), -rows * float(resolution) / 2.0, 0.0)
+
+
 class GroundGridLookup:
     """Pixel of every grid cell centre on the ground plane, computed once; `apply` maps masks to grids.
 
@@ -45,12 +53,10 @@ class GroundGridLookup:
         self.image_size = camera.size
         self.resolution = float(resolution)
         self.min_x = float(min_x)
-        self.cols = max(1, int(round((float(length) - self.min_x) / self.resolution)))
-        self.rows = max(1, int(round(float(width) / self.resolution)))
+        self.rows, self.cols, self.origin = grid_layout(resolution, length, width, min_x)
         self.length = self.min_x + self.cols * self.resolution
         self.width = self.rows * self.resolution
         self.max_range = float(max_range)
-        self.origin = (self.min_x, -self.width / 2.0, 0.0)
 
         xs = self.min_x + (np.arange(self.cols) + 0.5) * self.resolution
         ys = self.origin[1] + (np.arange(self.rows) + 0.5) * self.resolution

@@ -1,4 +1,5 @@
-"""msseg-export: a checkpoint as a self-describing ONNX or TorchScript file, checked against PyTorch.
+"""Files a network runs from besides its checkpoint: ONNX / TorchScript exports (checked against PyTorch)
+and the INT8 files msseg-quantize writes, found and verified here.
 
 The contract of an exported network is the clean one: float32 (float16 with --fp16) normalised NCHW
 input at the network size, logits N x C x H x W out. Pre- and post-processing stay outside, as in

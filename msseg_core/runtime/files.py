@@ -1,4 +1,4 @@
-"""msseg-predict: colour masks and overlays for image files, through `Segmenter.segment`.
+"""Colour masks and overlays for image files, through `Segmenter.segment` (msseg-predict).
 
 For every input image `<stem>.<ext>` it writes `<stem>_mask.png` (class colours) and
 `<stem>_overlay.png` (the mask blended over the image), both at the image's own resolution.

@@ -7,10 +7,13 @@ Hot path, per frame (`segment`):
 - preprocess on the device: HWC uint8 -> resize to the network size (bilinear, antialiased when
   shrinking) -> normalise into a reused float buffer in the layout the backend wants;
 - network: a backend from `backends.py` (PyTorch or ONNX Runtime, see `backend`);
-- postprocess on the device: logits upsampled to the frame size (reused buffer), one max-reduction
-  gives labels and the confidence's denominator, palette / road masks by table lookup, overlay blend;
-  on the CPU the same steps run as OpenCV kernels on contiguous class planes (2-6x faster than the
-  tensor ops there, same numbers; see postprocess.py);
+- postprocess on the device: with `upsample='boundary'` (the default) labels and confidence come from
+  the network's resolution and are refined at the frame's only in the cells where the labels change
+  (postprocess.py), so the work follows the frame's pixels, not pixels x classes; with 'exact' every
+  class's logits are upsampled to the frame (reused buffer) and one max-reduction gives labels and the
+  confidence's denominator. Palette / road masks by table lookup, overlay blend. On the CPU the steps
+  run as OpenCV kernels (several times faster than the tensor ops there, same numbers; see
+  postprocess.py), elsewhere as tensor operations;
 - download: only the requested uint8 outputs (CUDA: packed into one copy through a reused pinned
   buffer). Returned arrays are never views of reused buffers: callers may keep them.
 
@@ -57,15 +60,27 @@ from msseg_core.runtime.engines.factory import (
 from msseg_core.runtime.engines.factory import EngineFactory, EngineRequest, check_supported
 from msseg_core.runtime.engines.torch_ort import OrtEngine, TorchEngine, default_threads
 from msseg_core.runtime.postprocess import (
+    BOUNDARY_MIN_WORK,
+    UPSAMPLE_MODES,
+    ConfidenceCode,
     argmax_planes,
     blend,
+    boundary_ok,
+    cell_grid,
+    confidence_codes,
     confidence_from_max,
     confidence_planes,
     cv2_postprocess_ok,
     lookup,
     mask_lookup,
     mask_lut,
+    nearest_image,
+    network_labels,
+    network_labels_planes,
     palette_lookup,
+    refine_boundaries,
+    upsample_codes,
+    upsample_nearest,
     upsample_planes,
 )
 from msseg_core.zoo import resolve_checkpoint
@@ -73,6 +88,8 @@ from msseg_core.zoo import resolve_checkpoint
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("labels", "color_mask", "overlay", "confidence", "road_mask")
+TTA_MODES = ("none", "flip")
+POST_KERNELS = ("auto", "opencv", "torch")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": None}
 
 
@@ -178,18 +195,39 @@ class Segmenter:
       streams: how many frames may run through the network at the same time, each in its own thread
         through its own `replica()` (e.g. one per camera); OpenVINO compiles that many streams of
         `threads` threads each. Other engines run concurrent calls on the calling threads.
+      upsample: how outputs reach the frame's size when it is larger than the network's. 'boundary'
+        (default): labels and confidence at the network's scale, refined per pixel only in the cells
+        where the labels change, so the cost follows the frame's pixels, not pixels x classes; the labels
+        are the exact path's up to float rounding, the confidence within about two levels of it
+        (postprocess.py; frames too small for it to pay take the exact path). 'exact':
+        every class's logits upsampled to the frame, argmax and softmax there. `logits_from_tensor`
+        and `probabilities` always return the exact upsampled logits.
+      tta: 'none' (default) or 'flip': the network also sees the horizontal mirror of each frame and
+        the two logits (the mirror's mirrored back) are averaged before softmax and temperature; twice
+        the network's work, in one batch.
+      post_kernels: 'auto' (default: OpenCV on the CPU, tensor operations elsewhere), 'opencv' (CPU
+        only), or 'torch': the tensor operations the GPU runs, selectable on the CPU (tests).
     """
 
     def __init__(self, model: nn.Module | None, meta: CheckpointMeta, device: str = "auto",
                  precision: str = "fp32", input_size: Sequence[int] | None = None, *, backend: str = "auto",
                  threads: int | None = None, channels_last: bool | None = None, fuse: bool = True,
                  compile: bool = False, cuda_graphs: bool = False, onnx_path: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None, openvino_device: str = "CPU", streams: int = 1):
+                 cache_dir: str | os.PathLike | None = None, openvino_device: str = "CPU", streams: int = 1,
+                 upsample: str = "boundary", tta: str = "none", post_kernels: str = "auto"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        for name, value, allowed in (("upsample", upsample, UPSAMPLE_MODES), ("tta", tta, TTA_MODES),
+                                     ("post_kernels", post_kernels, POST_KERNELS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         self.device = resolve_device(device)
+        if post_kernels == "opencv" and self.device.type != "cpu":
+            raise ValueError(f"post_kernels 'opencv' runs on the CPU only, the device is {self.device}")
+        self.upsample = upsample
+        self.tta = tta
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
         if model is None and onnx_path is None:
@@ -232,8 +270,12 @@ class Segmenter:
         self._palette = torch.tensor(meta.palette, dtype=torch.uint8, device=self.device)
         self._palette256 = np.zeros((1, 256, 3), np.uint8)  # cv2.LUT table; ids >= num_classes never occur
         self._palette256[0, :min(256, self.num_classes)] = self.palette[:256]
+        self._palette_items = self._palette256[0].view(np.dtype((np.void, 3)))[:, 0]  # a colour per item
         # CPU: full-resolution post-processing with OpenCV on class planes (see postprocess.py).
-        self._cv2_post = self.device.type == "cpu"
+        self._cv2_post = post_kernels == "opencv" or (post_kernels == "auto" and self.device.type == "cpu")
+        self._boundary_min_work = BOUNDARY_MIN_WORK  # below it, the exact path is the cheaper (postprocess.py)
+        self._conf_code = ConfidenceCode(self.num_classes)
+        self._conf_table = torch.from_numpy(self._conf_code.table).to(self.device)
         self._bufs = _Buffers()  # network stage (upload, preprocess)
         self._lock = threading.Lock()  # the network stage: one frame at a time
         self._post_bufs = _Buffers()  # postprocess stage (upsample, argmax, download)
@@ -328,7 +370,8 @@ class Segmenter:
         decision (`auto`: choice, median forward ms per engine, label agreement, skipped engines)."""
         info = {"model": self.meta.model, "backend": self.backend, "device": str(self.device),
                 "precision": self.precision, "input_size": list(self.input_size), "threads": self.threads,
-                "streams": self.streams}
+                "streams": self.streams, "upsample": self.upsample, "tta": self.tta,
+                "post_kernels": "opencv" if self._cv2_post else "torch"}
         if isinstance(self.net, TorchEngine):
             info.update(self._options, channels_last=self.net.channels_last, bn_folded=self.net.folded)
             if self.device.type == "cpu":
@@ -399,10 +442,15 @@ class Segmenter:
         return self._preprocess(torch.from_numpy(rgb[None]).to(self.device), None, channels_last=False)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.tta == "flip":  # one batch: the frames, then their mirrors
+            x = torch.cat([x, x.flip(3)])
         out = self.net(x)
         if out.shape[1] != self.num_classes:
             raise RuntimeError(f"the network returned {out.shape[1]} classes, the metadata lists {self.num_classes}")
         out = out if out.dtype == torch.float32 else out.float()
+        if self.tta == "flip":  # mean logits, the mirrors' mirrored back (a new tensor, not the engine's buffer)
+            out = (out[:n] + out[n:].flip(3)).mul_(0.5)
         if self.temperature != 1.0:  # at the network's resolution: the cheapest place (a new tensor, never
             out = out * (1.0 / self.temperature)  # the backend's reused output buffer)
         return out
@@ -443,6 +491,9 @@ class Segmenter:
         """Logits -> the requested outputs as fresh N x ... uint8 host arrays (caller holds `_post_lock`)."""
         key = net.key
         n, h, w = key
+        if self.upsample == "boundary" and boundary_ok(self.num_classes, net.logits.shape[-2:], (h, w),
+                                                       self._boundary_min_work):
+            return self._download(self._post_boundary(net, wanted, overlay_alpha), key)
         if self._cv2_post and cv2_postprocess_ok(self.num_classes, h, w):
             return self._download(self._postprocess_cv2(net.frames, net.logits, wanted, overlay_alpha, key), key)
         frames = net.frames
@@ -454,23 +505,92 @@ class Segmenter:
         if "confidence" in wanted:
             # consumes `up` in place: never the caller's logits (a frame at the network size has up == logits)
             result["confidence"] = confidence_from_max(up if up is not net.logits else up.clone(), values)
-        if "labels" in wanted:
-            result["labels"] = idx.to(torch.uint8)
-        if wanted & {"color_mask", "overlay"}:
-            color = lookup(idx, self._palette)
-            if "color_mask" in wanted:
-                result["color_mask"] = color
-            if "overlay" in wanted:
-                result["overlay"] = blend(frames, color, overlay_alpha)
-        if "road_mask" in wanted:
-            result["road_mask"] = lookup(idx, self._road_lut)
+        if wanted - {"confidence"}:
+            result.update(self._label_outputs(idx, frames, wanted, overlay_alpha, cv=False))
         return self._download(result, key)
+
+    def _post_boundary(self, net: NetworkOutput, wanted: set[str], overlay_alpha: float) -> dict[str, torch.Tensor]:
+        """upsample='boundary' (postprocess.py): labels and confidence from the network's scale, refined where
+        the labels change; OpenCV on the CPU or tensor operations, the same numbers."""
+        n, hh, ww = net.key
+        logits = net.logits.contiguous()
+        grid = cell_grid(tuple(logits.shape[-2:]), (hh, ww))
+        want_conf = "confidence" in wanted
+        cv = self._cv2_post and cv2_postprocess_ok(self.num_classes, hh, ww)
+        if cv:
+            per_frame = [network_labels_planes(planes) for planes in logits.numpy()]
+            top = torch.from_numpy(np.stack([p[0] for p in per_frame]))
+            low = torch.from_numpy(np.stack([p[1] for p in per_frame]))
+        else:
+            top, low = network_labels(logits)
+        edges = refine_boundaries(logits, low, grid, want_conf)
+        result: dict[str, torch.Tensor] = {}
+        if want_conf:
+            codes = confidence_codes(logits, top, self._conf_code)
+            if cv:
+                import cv2
+
+                conf = np.empty((n, hh, ww), np.uint8)
+                for i in range(n):
+                    up = cv2.resize(codes[i].numpy(), (ww, hh), interpolation=cv2.INTER_LINEAR_EXACT)
+                    cv2.LUT(up, self._conf_code.table, dst=conf[i])
+                result["confidence"] = torch.from_numpy(conf)
+            else:
+                result["confidence"] = lookup(upsample_codes(codes, grid), self._conf_table)
+            edges.paint(result["confidence"], edges.confidence)
+        if not wanted - {"confidence"}:
+            return result
+        if not cv:
+            ids = upsample_nearest(low, grid)
+            edges.paint(ids, edges.labels)
+            return {**result, **self._label_outputs(ids, net.frames, wanted, overlay_alpha, cv)}
+        ids = color = None
+        if wanted & {"labels", "road_mask"}:
+            ids = torch.from_numpy(_stack([nearest_image(low[i].numpy(), grid) for i in range(n)]))
+            edges.paint(ids, edges.labels)
+        if wanted & {"color_mask", "overlay"}:  # the network-scale colours, enlarged as the labels are
+            color = torch.from_numpy(_stack([nearest_image(palette_lookup(low[i].numpy(), self._palette256), grid)
+                                             for i in range(n)]))
+            rgb = self._palette_items[edges.labels.numpy()].view(np.uint8)  # M x by x bx x 3
+            edges.paint(color, torch.from_numpy(rgb.reshape(*edges.labels.shape, 3)))
+        return {**result, **self._label_outputs(ids, net.frames, wanted, overlay_alpha, cv, color)}
+
+    def _label_outputs(self, ids: torch.Tensor | None, frames: torch.Tensor, wanted: set[str], overlay_alpha: float,
+                       cv: bool, color: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """N x H x W ids (uint8 for OpenCV) -> the requested labels, color_mask, overlay and road_mask;
+        `color`: their colours when the caller has them (then ids may be None unless labels or road_mask
+        are wanted)."""
+        result: dict[str, torch.Tensor] = {}
+        if "labels" in wanted:
+            result["labels"] = ids if ids.dtype == torch.uint8 else ids.to(torch.uint8)
+        if not cv:
+            if wanted & {"color_mask", "overlay"}:
+                color = lookup(ids, self._palette)
+                if "color_mask" in wanted:
+                    result["color_mask"] = color
+                if "overlay" in wanted:
+                    result["overlay"] = blend(frames, color, overlay_alpha, opencv=self._cv2_post)
+            if "road_mask" in wanted:
+                result["road_mask"] = lookup(ids, self._road_lut)
+            return result
+        import cv2
+
+        n, a = frames.shape[0], float(overlay_alpha)
+        if wanted & {"color_mask", "overlay"} and color is None:
+            color = torch.from_numpy(_stack([palette_lookup(ids[i].numpy(), self._palette256) for i in range(n)]))
+        if "color_mask" in wanted:
+            result["color_mask"] = color
+        if "overlay" in wanted:
+            result["overlay"] = torch.from_numpy(_stack([cv2.addWeighted(frames[i].numpy(), 1.0 - a, color[i].numpy(),
+                                                                         a, 0.0) for i in range(n)]))
+        if "road_mask" in wanted:
+            result["road_mask"] = torch.from_numpy(_stack([mask_lookup(ids[i].numpy(), self._road_lut_np)
+                                                           for i in range(n)]))
+        return result
 
     def _postprocess_cv2(self, frames: torch.Tensor, logits: torch.Tensor, wanted: set[str], overlay_alpha: float,
                          key: tuple) -> dict[str, torch.Tensor]:
         """The CPU twin of `_post_stage`'s tensor path: same outputs, OpenCV kernels on contiguous class planes."""
-        import cv2
-
         n, h, w, _ = frames.shape
         lg = logits.contiguous().numpy()  # N x C x h x w (channels_last network outputs: a small copy)
         same_size = lg.shape[-2:] == (h, w)
@@ -478,24 +598,16 @@ class Segmenter:
                                                                 torch.float32, self.device).numpy()
         best, acc, tmp = (self._post_bufs.get(key, name, (h, w), torch.float32, self.device).numpy()
                           for name in ("best", "acc", "tmp"))
-        per_frame: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
+        labels, confidence = [], []
         for i in range(n):
             planes = lg[i] if same_size else upsample_planes(lg[i], planes_buf)
-            labels = argmax_planes(planes, best)  # a fresh array: it may be returned
+            labels.append(argmax_planes(planes, best))  # a fresh array: it may be returned
             if "confidence" in wanted:
-                per_frame["confidence"].append(confidence_planes(planes, best, acc, tmp))
-            if "labels" in wanted:
-                per_frame["labels"].append(labels)
-            if wanted & {"color_mask", "overlay"}:
-                color = palette_lookup(labels, self._palette256)
-                if "color_mask" in wanted:
-                    per_frame["color_mask"].append(color)
-                if "overlay" in wanted:
-                    a = float(overlay_alpha)
-                    per_frame["overlay"].append(cv2.addWeighted(frames[i].numpy(), 1.0 - a, color, a, 0.0))
-            if "road_mask" in wanted:
-                per_frame["road_mask"].append(mask_lookup(labels, self._road_lut_np))
-        return {k: torch.from_numpy(v[0][None] if n == 1 else np.stack(v)) for k, v in per_frame.items()}
+                confidence.append(confidence_planes(planes, best, acc, tmp))
+        result = {"confidence": torch.from_numpy(_stack(confidence))} if confidence else {}
+        if wanted - {"confidence"}:
+            result.update(self._label_outputs(torch.from_numpy(_stack(labels)), frames, wanted, overlay_alpha, cv=True))
+        return result
 
     def _download(self, result: dict[str, torch.Tensor], key: tuple) -> dict[str, np.ndarray]:
         """Device outputs -> fresh host arrays; CUDA: one packed copy through a reused pinned buffer."""
@@ -611,6 +723,11 @@ class Segmenter:
             for j, i in enumerate(idx):
                 out[i] = {k: v[j] for k, v in host.items()}
         return out  # type: ignore[return-value]
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Per-frame arrays -> one N x ... array (no copy for one frame)."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def download_packed(result: dict[str, torch.Tensor], staging: torch.Tensor) -> dict[str, np.ndarray]:

@@ -132,23 +132,48 @@ class Renderer:
         return 1.0 - lookup(shadow, res, 0.0), lookup(ao, ao_res, 0.0) / 255.0
 
     def render(self, world: World, cam_x: float, t_sec: float, frame_salt: int) -> tuple[np.ndarray, np.ndarray]:
+        """One frame at camera position `cam_x` and time `t_sec`: (H x W x 3 uint8 RGB, H x W labels).
+
+        Passes in a fixed order (ground, skyline, objects, then the colours that depend on what stayed
+        visible); the order is part of the output: the renderer is deterministic to the bit."""
         info, look = world.info, world.look
         h, w = self.camera.height, self.camera.width
         origin = np.array([cam_x, info.camera_y, info.camera_height], np.float32)
-        d, inv = self.d, self.inv
-        dz = d[..., 2]
-        ground = dz < 0
-        t_ground = np.where(ground, -origin[2] / np.where(ground, dz, -1.0), np.inf).astype(np.float32)
+        ground, t_ground, gx, gy = self._ground_hits(origin)
         zbuf = t_ground.copy()
         label = np.full((h, w), SKY, np.uint8)
         colour = np.zeros((h, w, 3), np.float32)
-
         # ground: labels now, colours once we know which ground pixels stay visible
+        label[ground] = np.where(np.abs(gy[ground]) <= info.road_width / 2, ROAD, PAVEMENT)
+        self._draw_skyline(world, origin, zbuf, label, colour)
+        shapes, casters = _objects_in_view(world, cam_x, t_sec)
+        for shape in shapes:
+            self._draw_shape(shape, look, origin, cam_x, zbuf, label, colour)
+        gvis = ground & (zbuf == t_ground)
+        if gvis.any():
+            self._light_ground(info, look, casters, origin, gx[gvis], gy[gvis], gvis, colour)
+        sky = label == SKY
+        if sky.any():
+            colour[sky] = self._sky_colour(look, origin, sky)
+        colour = self._haze(look, sky, zbuf, colour)
+        return self._expose(look, colour, frame_salt), label
+
+    def _ground_hits(self, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(rays that hit the ground plane z = 0, their ray parameter t (inf for the others), and the
+        hit's world x and y). The ground is the farthest surface: it seeds the depth buffer."""
+        d = self.d
+        dz = d[..., 2]
+        ground = dz < 0
+        t_ground = np.where(ground, -origin[2] / np.where(ground, dz, -1.0), np.inf).astype(np.float32)
         gx = origin[0] + t_ground * d[..., 0]
         gy = origin[1] + t_ground * d[..., 1]
-        label[ground] = np.where(np.abs(gy[ground]) <= info.road_width / 2, ROAD, PAVEMENT)
+        return ground, t_ground, gx, gy
 
-        # distant skyline closes the view
+    def _draw_skyline(self, world: World, origin: np.ndarray, zbuf: np.ndarray, label: np.ndarray,
+                      colour: np.ndarray) -> None:
+        """A distant row of flat building fronts at SKYLINE_DISTANCE, of hashed heights: it closes the
+        view, so the horizon is never an empty ground plane meeting the sky."""
+        d, inv, look = self.d, self.inv, world.look
         sky_x = origin[0] + SKYLINE_DISTANCE
         t_sky = (sky_x - origin[0]) * inv[..., 0]
         sy = origin[1] + t_sky * d[..., 1]
@@ -161,83 +186,68 @@ class Renderer:
         base = look.sky_horizon * 0.75
         colour[sk] = base * (0.85 + 0.15 * hash01(col_id[sk], np.ones_like(col_id[sk]), world.seed))[:, None]
 
-        # objects: static ones and traffic at this time
-        shapes: list[Shape] = []
-        b0, b1 = int(math.floor((cam_x - 10) / BLOCK)), int(math.floor((cam_x + VIEW_DISTANCE) / BLOCK))
-        casters: list[np.ndarray] = []
-        for b in range(b0 - 2, b1 + 3):  # traffic may have moved in from neighbouring blocks
-            blk = world.block(b)
-            if b0 <= b <= b1:
-                shapes += blk.static
-                casters += blk.casters
-            for x_start, y, speed, heading, salt in blk.cars:
-                x = x_start + speed * t_sec
-                rel = x - cam_x
-                if heading > 0 and abs(y - info.camera_y) < info.lane_width / 2 and rel < 12.0:
-                    continue  # never drive into the camera's own lane right in front of it
-                if -6 < rel < VIEW_DISTANCE:
-                    car = make_car(x, y, heading, salt)
-                    shapes += car
-                    casters.append(box_corners(car[0].lo, car[1].hi))
-            for x_start, y, speed, salt in blk.riders:
-                x = x_start + speed * t_sec
-                if -3 < x - cam_x < VIEW_DISTANCE:
-                    shapes += make_bicycle(x, y, salt)
+    def _draw_shape(self, shape: Shape, look: Look, origin: np.ndarray, cam_x: float, zbuf: np.ndarray,
+                    label: np.ndarray, colour: np.ndarray) -> None:
+        """Ray cast one shape within the pixel rectangle it can cover; where it is nearer than what the
+        depth buffer holds, write its depth, label and lit colour (sun and sky light, no shadows)."""
+        if shape.hi[0] < cam_x - 8 or shape.lo[0] > cam_x + VIEW_DISTANCE + 20:
+            return
+        region = self._region(shape.lo, shape.hi, origin)
+        if region is None:
+            return
+        dr, ir = self.d[region], self.inv[region]
+        t, hit, extra = shape.intersect(origin, dr, ir)
+        zb = zbuf[region]
+        m = hit & (t < zb)
+        if not m.any():
+            return
+        tm = t[m]
+        dm = dr[m]
+        p = origin + tm[:, None] * dm
+        ex = cut(extra, m)
+        n = shape.normals(p, dm, ex)
+        lam = np.maximum((n * look.sun).sum(1), 0.0) * look.sun_strength
+        up = 0.75 + 0.25 * n[:, 2]  # sky light comes from above
+        col = shape.paint(p, n, ex) * (look.ambient * up + lam)[:, None]
+        zb[m] = tm
+        label[region][m] = shape.label
+        colour[region][m] = col
 
-        for shape in shapes:
-            if shape.hi[0] < cam_x - 8 or shape.lo[0] > cam_x + VIEW_DISTANCE + 20:
-                continue
-            region = self._region(shape.lo, shape.hi, origin)
-            if region is None:
-                continue
-            dr, ir = d[region], inv[region]
-            t, hit, extra = shape.intersect(origin, dr, ir)
-            zb = zbuf[region]
-            m = hit & (t < zb)
-            if not m.any():
-                continue
-            tm = t[m]
-            dm = dr[m]
-            p = origin + tm[:, None] * dm
-            ex = cut(extra, m)
-            n = shape.normals(p, dm, ex)
-            lam = np.maximum((n * look.sun).sum(1), 0.0) * look.sun_strength
-            up = 0.75 + 0.25 * n[:, 2]  # sky light comes from above
-            col = shape.paint(p, n, ex) * (look.ambient * up + lam)[:, None]
-            zb[m] = tm
-            label[region][m] = shape.label
-            colour[region][m] = col
+    def _light_ground(self, info: SceneInfo, look: Look, casters: list[np.ndarray], origin: np.ndarray,
+                      gx: np.ndarray, gy: np.ndarray, gvis: np.ndarray, colour: np.ndarray) -> None:
+        """Colour the visible ground pixels (`gvis`, world points gx, gy): albedo, then ambient light
+        dimmed by occlusion and sun light blocked by cast shadows."""
+        colour[gvis] = self._ground_albedo(info, look, gx, gy)
+        lit, ao = self._shadows(casters, look, origin, gx, gy, not info.overcast)
+        light = look.ambient * (1 - 0.45 * ao) + look.sun_strength * look.sun[2] * lit
+        colour[gvis] *= light[:, None]
 
-        # ground colour and lighting with cast shadows
-        gvis = ground & (zbuf == t_ground)
-        if gvis.any():
-            colour[gvis] = self._ground_albedo(info, look, gx[gvis], gy[gvis])
-            lit, ao = self._shadows(casters, look, origin, gx[gvis], gy[gvis], not info.overcast)
-            light = look.ambient * (1 - 0.45 * ao) + look.sun_strength * look.sun[2] * lit
-            colour[gvis] *= light[:, None]
+    def _sky_colour(self, look: Look, origin: np.ndarray, sky: np.ndarray) -> np.ndarray:
+        """Colours of the sky pixels: a horizon-to-zenith gradient, clouds on a plane high above the
+        camera (they drift past as it moves) and a glow around the sun."""
+        ds = self.d[sky] / self.dist_scale[sky][:, None]
+        elev = np.clip(ds[:, 2], 0, 1)
+        g = np.sqrt(elev)[:, None]
+        sc = look.sky_horizon * (1 - g) + look.sky_zenith * g
+        tc = 2000.0 / np.maximum(ds[:, 2], 0.02)
+        cx, cy = origin[0] * 0.1 + ds[:, 0] * tc, ds[:, 1] * tc
+        cloud = np.clip((noise(cx, cy, 55, 0.01) + 0.6 * look.cloudiness - 0.25) * 2.2, 0, 1)
+        cloud *= np.clip(elev * 8, 0, 1) * (0.3 + 0.7 * look.cloudiness)
+        cc = np.array([0.93, 0.93, 0.95], np.float32) * (0.85 + 0.15 * noise(cx, cy, 56, 0.03))[:, None]
+        sc = sc * (1 - cloud[:, None]) + cc * cloud[:, None]
+        glow = np.clip((ds @ look.sun), 0, 1) ** 40 * (1 - look.cloudiness * 0.7)
+        return sc + glow[:, None] * 0.6
 
-        # sky with clouds and sun glow
-        sky = label == SKY
-        if sky.any():
-            ds = d[sky] / self.dist_scale[sky][:, None]
-            elev = np.clip(ds[:, 2], 0, 1)
-            g = np.sqrt(elev)[:, None]
-            sc = look.sky_horizon * (1 - g) + look.sky_zenith * g
-            tc = 2000.0 / np.maximum(ds[:, 2], 0.02)
-            cx, cy = origin[0] * 0.1 + ds[:, 0] * tc, ds[:, 1] * tc
-            cloud = np.clip((noise(cx, cy, 55, 0.01) + 0.6 * look.cloudiness - 0.25) * 2.2, 0, 1)
-            cloud *= np.clip(elev * 8, 0, 1) * (0.3 + 0.7 * look.cloudiness)
-            cc = np.array([0.93, 0.93, 0.95], np.float32) * (0.85 + 0.15 * noise(cx, cy, 56, 0.03))[:, None]
-            sc = sc * (1 - cloud[:, None]) + cc * cloud[:, None]
-            glow = np.clip((ds @ look.sun), 0, 1) ** 40 * (1 - look.cloudiness * 0.7)
-            colour[sky] = sc + glow[:, None] * 0.6
-
-        # haze towards the horizon colour
+    def _haze(self, look: Look, sky: np.ndarray, zbuf: np.ndarray, colour: np.ndarray) -> np.ndarray:
+        """Fade everything but the sky towards the horizon colour with distance (aerial perspective)."""
         dist = np.where(sky, np.inf, zbuf * self.dist_scale)
         fade = (1.0 - np.exp(-dist / look.haze))[..., None]
-        colour = np.where(sky[..., None], colour, colour * (1 - fade) + look.sky_horizon * fade)
+        return np.where(sky[..., None], colour, colour * (1 - fade) + look.sky_horizon * fade)
 
-        # camera: exposure, white balance, vignette, tone curve, blur, noise
+    def _expose(self, look: Look, colour: np.ndarray, frame_salt: int) -> np.ndarray:
+        """The camera: exposure, white balance, vignette, tone curve, lens blur and sensor noise (a
+        per-frame window of one fixed noise buffer), to uint8 RGB. `colour` is modified in place."""
+        h, w = self.camera.height, self.camera.width
         colour *= look.exposure * look.white
         colour *= self.vignette
         colour = np.clip(colour, 0, 1.2)
@@ -247,5 +257,33 @@ class Renderer:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
         start = (frame_salt * 7919) % 4096
         img += self.noise[start:start + img.size].reshape(img.shape)
-        return np.clip(img + 0.5, 0, 255).astype(np.uint8), label
+        return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
+
+def _objects_in_view(world: World, cam_x: float, t_sec: float) -> tuple[list[Shape], list[np.ndarray]]:
+    """The shapes that may be seen from `cam_x` at `t_sec` and the point sets that cast their shadows:
+    the static objects of the blocks in view, and the traffic where it has driven to by then (from
+    neighbouring blocks too). The order of the shapes decides ties in depth: it is kept stable."""
+    info = world.info
+    shapes: list[Shape] = []
+    b0, b1 = int(math.floor((cam_x - 10) / BLOCK)), int(math.floor((cam_x + VIEW_DISTANCE) / BLOCK))
+    casters: list[np.ndarray] = []
+    for b in range(b0 - 2, b1 + 3):  # traffic may have moved in from neighbouring blocks
+        blk = world.block(b)
+        if b0 <= b <= b1:
+            shapes += blk.static
+            casters += blk.casters
+        for x_start, y, speed, heading, salt in blk.cars:
+            x = x_start + speed * t_sec
+            rel = x - cam_x
+            if heading > 0 and abs(y - info.camera_y) < info.lane_width / 2 and rel < 12.0:
+                continue  # never drive into the camera's own lane right in front of it
+            if -6 < rel < VIEW_DISTANCE:
+                car = make_car(x, y, heading, salt)
+                shapes += car
+                casters.append(box_corners(car[0].lo, car[1].hi))
+        for x_start, y, speed, salt in blk.riders:
+            x = x_start + speed * t_sec
+            if -3 < x - cam_x < VIEW_DISTANCE:
+                shapes += make_bicycle(x, y, salt)
+    return shapes, casters

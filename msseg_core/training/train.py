@@ -1,7 +1,5 @@
-"""msseg-train: train a registered network on a dataset from a YAML recipe.
-
-    msseg-train --config config/train/camvid_mssanet.yaml [--set key=value ...] [--resume] [--out DIR]
-    torchrun --nproc_per_node 4 -m msseg_core.cli.train --config ...     # DDP, one process per GPU
+"""The training loop: a registered network on a dataset from a recipe (msseg-train; under torchrun, one
+process per GPU with DDP).
 
 Per epoch: train, validate mIoU on the val split through a `Segmenter` at the recipe's eval size
 (the numbers msseg-eval would report), log (TensorBoard, metrics.csv, curves.png) and write
@@ -11,6 +9,10 @@ kill at any moment leaves a consistent run that loses at most the epoch in progr
 
 Randomness is reseeded at the start of every epoch from (seed, epoch, rank), so an epoch draws the
 same numbers whether the run went straight through or was resumed before it.
+
+Fine-tuning: `model.init_from` (a zoo name or a checkpoint) gives the network, its normalisation and its
+weights (`resolve_recipe`, `init_weights`); with another class table only the classifier starts afresh, and
+`optim.freeze_encoder_epochs` keeps the encoder (weights and BatchNorm statistics) fixed for the first epochs.
 """
 
 from __future__ import annotations
@@ -18,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
-import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,295 +35,36 @@ from tqdm import tqdm
 
 from msseg_core.checkpoint import CheckpointError, CheckpointMeta, load_meta, save_checkpoint
 from msseg_core.classes import IGNORE_INDEX
-from msseg_core.data.datasets import DatasetError
 from msseg_core.evaluation.metrics import ConfusionMatrix
-from msseg_core.runtime.segmenter import Segmenter, resolve_device
+from msseg_core.runtime.segmenter import Segmenter
+from msseg_core.training.batches import TrainBatches
+from msseg_core.training.distributed import Dist, seed_everything, setup_distributed
 from msseg_core.training.log import RunLog
-from msseg_core.training.losses import DetailHead, SegmentationLoss
-from msseg_core.training.recipe import Recipe, RecipeError, save_recipe
+from msseg_core.training.losses import DetailHead, SegmentationLoss, mfb_weights
+from msseg_core.training.network import build_network, make_optimizer, unwrap
+from msseg_core.training.recipe import Recipe, RecipeError, resolve_recipe, save_recipe
+from msseg_core.training.schedule import lr_factor, set_schedule_step
 from msseg_core.training.state import load_train_state, rng_state, save_train_state, set_rng_state
 
 LAST, BEST, STATE, RECIPE = "last.safetensors", "best.safetensors", "train_state.safetensors", "recipe.yaml"
 
 
 # ------------------------------------------------------------------------------------ distributed
-@dataclass
-class Dist:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    owns_group: bool = False  # we initialised the process group, so we destroy it
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def all_sum(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Sum numbers over ranks (float64; exact for integer counts below 2**53)."""
-        arr = np.asarray(values, dtype=np.float64)
-        if not self.enabled:
-            return arr
-        t = torch.as_tensor(arr, device=self.device)
-        dist.all_reduce(t)
-        return t.cpu().numpy()
-
-
-def setup_distributed(device_spec: str) -> Dist:
-    """Join the torchrun group when WORLD_SIZE > 1 (nccl on CUDA, gloo on the CPU); else one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(0, 1, 0, resolve_device(device_spec))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = device_spec.strip().lower() != "cpu" and torch.cuda.is_available()
-    device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
-    if want_cuda:
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if want_cuda else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, local, device, owns)
 
 
 # ---------------------------------------------------------------------------------- pieces of a run
-def derive_seed(*key: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of ints (seed, epoch, rank, ...)."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def seed_everything(*key: int) -> int:
-    """Seed Python, NumPy and torch (CPU and CUDA) from a tuple of ints; returns the seed used."""
-    seed = derive_seed(*key)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return seed
-
-
-def mfb_weights(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """Median frequency balancing (Eigen & Fergus; SegNet): weight_c = median(freq) / freq_c.
-
-    freq_c = pixels of class c / labelled pixels of the images where c occurs; ignored pixels count
-    nowhere. Classes absent from every label get weight 1 (they are never a target anyway).
-    """
-    class_pixels = np.zeros(num_classes, dtype=np.float64)
-    image_pixels = np.zeros(num_classes, dtype=np.float64)
-    for mask in masks:
-        m = np.asarray(mask).reshape(-1)
-        m = m[m != ignore_index].astype(np.int64)
-        if m.size and (m.min() < 0 or m.max() >= num_classes):
-            raise ValueError(f"label values outside 0..{num_classes - 1} (and {ignore_index} = ignore)")
-        counts = np.bincount(m, minlength=num_classes)
-        class_pixels += counts
-        image_pixels[counts > 0] += m.size
-    weights = np.ones(num_classes, dtype=np.float64)
-    present = class_pixels > 0
-    if present.any():
-        freq = class_pixels[present] / image_pixels[present]
-        weights[present] = np.median(freq) / freq
-    return weights
-
-
-def lr_factor(schedule: str, total_steps: int, warmup_steps: int, power: float = 0.9) -> Callable[[int], float]:
-    """The learning-rate multiplier at each optimizer step: a pure function of the step, so resuming
-    (or extending `epochs`) only needs the step count.
-
-    poly: linear warmup, then (1 - t) ** power.  onecycle: cosine rise from lr/25 over the warmup,
-    then cosine annealing to lr/25e4 (torch's OneCycleLR shape, without momentum cycling).
-    """
-    total, warm = max(1, total_steps), max(0, min(warmup_steps, total_steps))
-
-    def poly(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return (1.0 - t) ** power
-
-    def onecycle(step: int, start: float = 1 / 25, end: float = 1 / 25e4) -> float:
-        if step < warm:
-            return start + (1 - start) * (1 - math.cos(math.pi * step / warm)) / 2
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
-
-    return {"poly": poly, "onecycle": onecycle}[schedule]
-
-
-def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
-    """Put a LambdaLR (and its optimizer's learning rates) at `step` without stepping through."""
-    scheduler.last_epoch = step
-    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
-        group["lr"] = lr
-    scheduler._last_lr = lrs
-
-
-def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
-    """adam / adamw / sgd over every trainable parameter; no weight decay on norms and biases; a pretrained
-    encoder's parameters (`model.encoder`) at `optim.encoder_lr_mult` times the learning rate, so fine-tuning
-    adapts its ImageNet features instead of overwriting them while the random decoder is still poor.
-    `extra`: training-only parameters (the detail head), at the decoder's rate."""
-    o = recipe.optim
-    encoder = getattr(_unwrap(model), "encoder", None)
-    in_encoder = {id(p) for p in encoder.parameters()} if encoder is not None else set()
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for p in [*model.parameters(), *extra]:
-        if p.requires_grad:
-            buckets.setdefault((id(p) in in_encoder, p.ndim > 1), []).append(p)
-    groups = [{"params": params, "weight_decay": o.weight_decay if decay else 0.0,
-               "lr": o.lr * (o.encoder_lr_mult if enc else 1.0)}
-              for (enc, decay), params in sorted(buckets.items())]
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
-    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name](groups, lr=o.lr)
-
-
-def build_network(recipe: Recipe, num_classes: int) -> nn.Module:
-    """Registry model (+ optional local VGG16 encoder weights, which never go into model.args)."""
-    from msseg_core.models import build_model
-
-    try:
-        model = build_model(recipe.model.name, num_classes=num_classes, **recipe.model.args)
-    except TypeError as exc:
-        raise RecipeError(f"model.args {recipe.model.args} do not fit model {recipe.model.name!r}: {exc}") from None
-    if recipe.model.encoder_weights:
-        from msseg_core.models.encoders import load_encoder_weights
-
-        try:
-            load_encoder_weights(model, recipe.model.encoder_weights)
-        except (TypeError, ValueError, OSError) as exc:
-            raise RecipeError(f"model.encoder_weights {recipe.model.encoder_weights!r}: {exc}") from None
-    if recipe.model.init_from:
-        init_weights(model, recipe, num_classes)
-    return model
-
-
-def init_weights(model: nn.Module, recipe: Recipe, num_classes: int) -> None:
-    """Start from a trained msseg checkpoint (a longer schedule, or a new recipe on the same network).
-
-    The checkpoint must describe the very network the recipe builds: same registry name, arguments
-    and number of classes; anything else is a recipe error, not a silent partial load.
-    """
-    from msseg_core.checkpoint import CheckpointError, load_checkpoint
-    from msseg_core.zoo import resolve_checkpoint
-
-    path = recipe.model.init_from
-    try:
-        trained, meta = load_checkpoint(resolve_checkpoint(path))
-    except (CheckpointError, OSError) as exc:
-        raise RecipeError(f"model.init_from {path!r}: {exc}") from None
-    ours = (recipe.model.name, recipe.model.args, num_classes)
-    if (meta.model, meta.model_args, meta.num_classes) != ours:
-        raise RecipeError(
-            f"model.init_from {path!r} holds {meta.model} {meta.model_args} with {meta.num_classes} classes, "
-            f"the recipe builds {ours[0]} {ours[1]} with {ours[2]}")
-    model.load_state_dict(trained.state_dict())
-
-
-class TrainBatches:
-    """Augmented, normalised training batches on the device, the same number on every rank."""
-
-    def __init__(self, dataset, recipe: Recipe, ctx: Dist):
-        self.recipe, self.ctx = recipe, ctx
-        d, bs = recipe.data, recipe.train.batch_size
-        if d.pipeline == "gpu_resident":
-            from msseg_core.data.gpu import GpuResidentData
-
-            self.source = GpuResidentData(dataset, ctx.device, rank=ctx.rank, world_size=ctx.world_size,
-                                          seed=recipe.train.seed, mean=d.mean, std=d.std)
-            if d.rare_crop_prob > 0:
-                self.source.set_rare_classes(_class_ids(dataset.classes.names, d.rare_classes, "data.rare_classes"))
-            self.drop_last = self.source.samples_per_rank >= bs  # no ragged last batch (BatchNorm statistics)
-            self.steps = self.source.num_batches(bs, drop_last=self.drop_last)
-        else:
-            from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-
-            from msseg_core.data import build_dataset
-            from msseg_core.data.transforms import TrainTransform
-
-            transform = TrainTransform(crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
-                                       hflip=0.5 if d.hflip else 0.0, photometric=d.photometric, mean=d.mean, std=d.std)
-            ds = build_dataset(d.dataset, d.root, d.train_split, transform=transform)
-            self.generator = torch.Generator()
-            if ctx.enabled:
-                self.sampler = DistributedSampler(ds, ctx.world_size, ctx.rank, shuffle=True,
-                                                  seed=recipe.train.seed, drop_last=True)
-            else:
-                self.sampler = RandomSampler(ds, generator=self.generator)
-            per_rank = len(self.sampler)
-            # No persistent workers: each epoch's workers are seeded from that epoch's generator, so a
-            # resumed epoch augments exactly like the uninterrupted one.
-            self.loader = DataLoader(ds, batch_size=bs, sampler=self.sampler, num_workers=d.workers,
-                                     pin_memory=ctx.device.type == "cuda", drop_last=per_rank >= bs,
-                                     generator=self.generator)
-            self.steps = len(self.loader)
-        if self.steps < 1:
-            raise RecipeError(f"no training batch: {len(dataset)} images over {ctx.world_size} rank(s) "
-                              f"give no batch of {bs}; lower train.batch_size")
-
-    def train_masks(self) -> Iterator[np.ndarray]:
-        """Every training label, untransformed (for class weights): from memory when resident."""
-        if self.recipe.data.pipeline == "gpu_resident":
-            for mask in self.source.masks:
-                yield mask.cpu().numpy()
-        else:
-            ds = self.loader.dataset
-            for i in range(len(ds)):
-                yield ds.load_mask(i)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of epoch `epoch`: the order and augmentation depend only on (seed, epoch)."""
-        d, bs, seed = self.recipe.data, self.recipe.train.batch_size, self.recipe.train.seed
-        if d.pipeline == "gpu_resident":
-            self.source.set_epoch(epoch)  # the shard permutation (seeded with seed + epoch, as every rank)
-            generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 1, self.ctx.rank))  # augmentation
-            yield from self.source.batches(bs, crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
-                                           hflip=0.5 if d.hflip else 0.0, photometric=d.photometric,
-                                           generator=generator, drop_last=self.drop_last,
-                                           rare_crop_prob=d.rare_crop_prob)
-            return
-        if self.ctx.enabled:
-            self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(derive_seed(seed, epoch, 2, self.ctx.rank))  # worker seeds, shuffle
-        non_blocking = self.ctx.device.type == "cuda"
-        batches = iter(self.loader)
-        try:
-            for images, masks in batches:
-                yield images.to(self.ctx.device, non_blocking=non_blocking), masks.to(self.ctx.device).long()
-        except DatasetError as exc:  # re-raised from a worker with its traceback in the text: keep the message
-            found = re.search(r"DatasetError: (.+)\s*$", str(exc))
-            raise DatasetError(found.group(1).strip() if found else str(exc)) from None
-        finally:
-            # Stop the worker processes now. After a worker raised, the traceback holds the iterator until a
-            # garbage collection, and tearing the workers down from inside the collector can abort the process.
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-
-
-def _class_ids(names: Sequence[str], wanted: Sequence[str], key: str) -> list[int]:
-    unknown = [n for n in wanted if n not in names]
-    if unknown:
-        raise RecipeError(f"{key}: no class {', '.join(map(repr, unknown))}; classes are {', '.join(names)}")
-    return [list(names).index(n) for n in wanted]
 
 
 # --------------------------------------------------------------------------------- epoch functions
 def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Dist,
                     amp_dtype: torch.dtype | None, grad_clip: float = 0.0, progress=None,
-                    channels_last: bool = False) -> float:
-    """One pass over the training batches; returns the mean loss over steps and ranks."""
+                    channels_last: bool = False, frozen: nn.Module | None = None) -> float:
+    """One pass over the training batches; returns the mean loss over steps and ranks. `frozen`: a part of
+    the model kept in eval mode (its BatchNorm statistics fixed; its parameters are set not to need gradients)."""
     model.train()
+    if frozen is not None:
+        frozen.eval()
     total, steps = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     for images, masks, *soft in batches:  # soft: the teacher's logits for this crop when distilling
         if channels_last:
@@ -387,19 +128,18 @@ def _amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if recipe.train.amp_dtype == "bf16" else torch.float16
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def _sync_buffers(model: nn.Module, ctx: Dist) -> None:
     """BatchNorm running stats drift per rank between DDP's broadcasts: make rank 0's the truth."""
     if ctx.enabled:
-        for buf in _unwrap(model).buffers():
+        for buf in unwrap(model).buffers():
             dist.broadcast(buf, 0)
 
 
 def fit(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, quiet: bool = False) -> nn.Module:
-    """Train `recipe` into `out_dir` (or continue it); returns the trained network (unwrapped)."""
+    """Train `recipe` into `out_dir` (or continue it); returns the trained network (unwrapped). What the recipe
+    leaves open is filled in first (`resolve_recipe`), and the run's recipe.yaml holds the result."""
+    last = Path(out_dir) / LAST
+    recipe = resolve_recipe(recipe, last if resume and last.exists() else None)
     ctx = setup_distributed(recipe.train.device)
     try:
         return _fit(recipe, Path(out_dir), resume, quiet, ctx)
@@ -430,8 +170,9 @@ class _Run:
     channels_last: bool = False
 
 
-def _prepare(recipe: Recipe, ctx: Dist, quiet: bool) -> _Run:
-    """Datasets, checkpoint metadata, network, loss (with class weights), optimizer, schedule, scaler."""
+def _prepare(recipe: Recipe, ctx: Dist, quiet: bool, init: bool = True) -> _Run:
+    """Datasets, checkpoint metadata, network (from model.init_from when `init`; a resumed run loads its own
+    weights instead), loss (with class weights), optimizer, schedule, scaler."""
     from msseg_core.data import build_dataset
 
     device, t, d = ctx.device, recipe.train, recipe.data
@@ -443,11 +184,16 @@ def _prepare(recipe: Recipe, ctx: Dist, quiet: bool) -> _Run:
         raise RecipeError(f"val split classes {val_ds.classes.names} differ from the train split's {classes.names}")
     meta = CheckpointMeta(model=recipe.model.name, model_args=dict(recipe.model.args), class_names=list(classes.names),
                           palette=[list(c) for c in classes.palette], road_classes=list(classes.road),
+                          ground_classes=list(classes.ground or classes.road),
                           input_size=list(d.eval_size), mean=list(d.mean), std=list(d.std), dataset=d.dataset,
                           recipe=recipe.to_dict())
     meta.validate()
 
-    model = build_network(recipe, classes.num_classes)
+    model = build_network(recipe, classes.num_classes, classes.names, init=init,
+                          log=lambda line: _say(ctx, quiet, line))
+    if recipe.optim.freeze_encoder_epochs and not isinstance(getattr(model, "encoder", None), nn.Module):
+        raise RecipeError(f"optim.freeze_encoder_epochs: model {recipe.model.name!r} has no `encoder` to freeze "
+                          "(set it to 0)")
     if ctx.enabled and t.sync_bn:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -532,17 +278,16 @@ def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.
     if resume and not (out / LAST).exists():
         raise RecipeError(f"--resume: no {LAST} in {out}")
     t = recipe.train
-    run = _prepare(recipe, ctx, quiet)
+    # Killed after the first epoch's weights but before its training state: only epoch 1 is lost.
+    over = resume and not (out / STATE).exists() and load_meta(out / LAST).metrics.get("epoch") == 1
+    run = _prepare(recipe, ctx, quiet, init=not resume or over)  # a resumed run has its own weights
     start, best, best_epoch, last_val = 0, -1.0, 0, {}
-    if resume and not (out / STATE).exists() and load_meta(out / LAST).metrics.get("epoch") == 1:
-        # Killed after the first epoch's weights but before its training state: only epoch 1 is lost.
+    if over:
         _say(ctx, quiet, f"warning: {out} has {LAST} but no {STATE} (killed during epoch 1's writes); starting over")
     elif resume:
         start, best, best_epoch, last_val = _restore(out, recipe, run, ctx, quiet)
-    model = run.model
-    if ctx.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index]
-                                                    if ctx.device.type == "cuda" else None)
+    encoder = getattr(run.model, "encoder", None)
+    model, frozen = None, None
     log = RunLog(out, recipe_yaml(recipe), start, enabled=ctx.is_main)
     if ctx.is_main:
         save_recipe(recipe, out / RECIPE)
@@ -552,12 +297,20 @@ def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.
     try:
         for epoch in range(start + 1, t.epochs + 1):
             tic = time.perf_counter()
+            freeze = epoch <= recipe.optim.freeze_encoder_epochs
+            if model is None or freeze != (frozen is not None):
+                model = None  # a DDP wrapper's gradient hooks go before the next one's are made
+                model, frozen = _set_frozen(run.model, encoder, freeze, ctx)
+                if freeze or (epoch > 1 and recipe.optim.freeze_encoder_epochs):
+                    _say(ctx, quiet, f"encoder frozen for epochs {epoch}-{recipe.optim.freeze_encoder_epochs}"
+                         if freeze else f"encoder trained from epoch {epoch} on")
             seed_everything(t.seed, epoch, ctx.rank)  # dropout etc.: the same numbers after a resume
             with tqdm(total=run.batches.steps, desc=f"epoch {epoch}/{t.epochs}", unit="it", disable=not show_bar,
                       leave=False) as bar:
                 train_loss = train_one_epoch(model, run.batches.epoch(epoch), run.criterion, run.optimizer,
                                              run.scheduler, run.scaler, ctx, run.amp_dtype, recipe.optim.grad_clip,
-                                             progress=bar if show_bar else None, channels_last=run.channels_last)
+                                             progress=bar if show_bar else None, channels_last=run.channels_last,
+                                             frozen=frozen)
             _sync_buffers(model, ctx)
             row = {"epoch": epoch, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"]}
             improved = False
@@ -578,6 +331,21 @@ def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.
     finally:
         log.close()
     return run.model
+
+
+def _set_frozen(net: nn.Module, encoder: nn.Module | None, freeze: bool,
+                ctx: Dist) -> tuple[nn.Module, nn.Module | None]:
+    """Freeze the encoder (no gradients: its backward pass is skipped, and the optimizer leaves it alone) or
+    let it train again; returns the module to train (DDP wraps it anew: DDP reduces the gradients of the
+    parameters that needed them when it was built) and the frozen part (None when nothing is)."""
+    if encoder is not None:
+        for p in encoder.parameters():
+            p.requires_grad_(not freeze)
+    frozen = encoder if freeze else None
+    if not ctx.enabled:
+        return net, frozen
+    return nn.parallel.DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                               else None), frozen
 
 
 def _save_epoch(out: Path, run: _Run, epoch: int, improved: bool, best: float, best_epoch: int, last_val: dict,

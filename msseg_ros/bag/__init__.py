@@ -10,6 +10,8 @@ One module per subcommand (`cli` parses the command line and dispatches):
   replay       `replay-eval`: the segmentation node (subprocess) + player + live evaluator, one command
   info         topics, types, counts and time range of a bag (`ros2 bag info` is not installable);
                also what every subcommand reads a bag with
+  frames       images to label from a bag: spaced in time or frames, near-duplicates skipped, a manifest,
+               optionally the current model's masks as pre-labels (your own data: docs/own_data.md)
 
 Bags are written with the `rosbags` library through the ROS 2 Jazzy typestore, so message
 definitions and RIHS01 type hashes in the metadata are the real ones and `ros2 bag info/play` open

@@ -72,6 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     e.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
                    help="inference backend (as msseg-eval's and the node's)")
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: the usable cores)")
+    e.add_argument("--tta", default="none", choices=("none", "flip"),
+                   help="flip: also run the mirrored image and average the logits (as msseg-eval's and the node's)")
 
     pl = sub.add_parser("play", help="publish a bag into the ROS graph")
     pl.add_argument("bag")
@@ -106,9 +108,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     re_.add_argument("--timeout", type=float, default=10.0)
     re_.add_argument("--backend", default="", help="node parameter backend ('' = the node's default)")
     re_.add_argument("--threads", type=int, default=0, help="node parameter threads (0 = the node's default)")
+    re_.add_argument("--tta", default="", choices=("", "none", "flip"), help="node parameter tta ('' = the node's)")
     re_.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                      help="any other node parameter, e.g. --param precision:=bf16 (repeatable)")
     re_.add_argument("--json", default=None)
+
+    f = sub.add_parser("frames", help="frames to label from a bag: images (+ pre-labels) in the folder-dataset layout",
+                       description="One bag per process; a folder of bags: "
+                                   "for b in bags/*; do msseg-bag frames $b --out data/$(basename $b) & done")
+    f.add_argument("bag")
+    f.add_argument("--out", required=True, help="dataset folder to write (images/, labels/, manifest.csv)")
+    f.add_argument("--image-topic", default=None,
+                   help=f"default: {topics.CAMERA_IMAGE}, {topics.CAMERA_COMPRESSED_IMAGE} or the bag's only "
+                        "image topic")
+    spacing = f.add_mutually_exclusive_group()
+    spacing.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                         help="a frame every SECONDS of header stamp (default 1.0)")
+    spacing.add_argument("--every-frames", type=int, default=None, metavar="N", help="every N-th message instead")
+    f.add_argument("--min-change", type=float, default=3.0, metavar="GREY_LEVELS",
+                   help="skip a frame whose 32x24 grey thumbnail differs from the last written one by less than "
+                        "this mean absolute difference (0..255; 0 = keep all)")
+    f.add_argument("--prelabel", default=None, metavar="CHECKPOINT",
+                   help="also write this model's masks as labels/ (class ids) and its classes.yaml, to correct")
+    f.add_argument("--image-format", choices=("png", "jpg"), default="png")
+    f.add_argument("--limit", type=int, default=None, help="stop after N frames written")
+    f.add_argument("--device", default="auto", help="for --prelabel")
+    f.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"), help="for --prelabel")
+    f.add_argument("--threads", type=int, default=None, help="for --prelabel (default: the usable cores)")
 
     i = sub.add_parser("info", help="topics, types, counts and time range of a bag")
     i.add_argument("bag")
@@ -137,7 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
     bag_info(args.bag)  # a bad bag path fails before the model loads
     ckpt = str(resolve_checkpoint(args.checkpoint))
     segmenter = Segmenter.from_checkpoint(ckpt, device=args.device, precision=args.precision,
-                                          backend=args.backend, threads=args.threads)
+                                          backend=args.backend, threads=args.threads, tta=args.tta)
     _report(evaluate_bag(args.bag, segmenter, args.image_topic, args.gt_topic, checkpoint=ckpt), args.json)
     return 0
 
@@ -174,6 +200,8 @@ def _replay_eval(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if args.backend:
         params["backend"] = args.backend
+    if args.tta:
+        params["tta"] = args.tta
     if args.threads:
         params["threads"] = args.threads
     for spec in args.param:
@@ -188,13 +216,31 @@ def _replay_eval(args: argparse.Namespace) -> int:
     return 1 if report.get("frames_lost") else 0
 
 
+def _frames(args: argparse.Namespace) -> int:
+    from msseg_ros.bag.frames import extract_frames
+
+    bag_info(args.bag)  # a bad bag path fails before the model loads
+    segmenter = None
+    if args.prelabel:
+        from msseg_core.runtime.segmenter import Segmenter
+
+        segmenter = Segmenter.from_checkpoint(args.prelabel, device=args.device, backend=args.backend,
+                                              threads=args.threads)
+    summary = extract_frames(args.bag, args.out, image_topic=args.image_topic, every_s=args.every,
+                             every_frames=args.every_frames, min_change=args.min_change, segmenter=segmenter,
+                             image_format=args.image_format, limit=args.limit,
+                             log=lambda m: print(f"msseg-bag frames: warning: {m}", file=sys.stderr))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     print(json.dumps(bag_info(args.bag).to_dict(), indent=2))
     return 0
 
 
 COMMANDS = {"make": _make, "eval": _eval, "play": _play, "record": _record, "replay-eval": _replay_eval,
-            "info": _info}
+            "frames": _frames, "info": _info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--ros-args" in argv:  # started by a launch file as if it were a node: ROS arguments are not ours
         argv = argv[:argv.index("--ros-args")]
     args = parse_args(argv)
-    if args.command in ("eval", "make"):
+    if args.command in ("eval", "make", "frames"):
         from msseg_core.cli.common import configure_process
 
         configure_process(getattr(args, "threads", None), getattr(args, "device", "cpu"))

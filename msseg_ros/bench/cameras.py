@@ -91,81 +91,111 @@ def _start(args: argparse.Namespace, n: int) -> dict[str, Setup]:
 
 
 def _compare(args, rclpy, client, bare: Segmenter, n: int) -> list[dict]:
+    """One node with n cameras against n single-camera nodes: a row per frame size."""
+    setups = _start(args, n)
+    rows = []
+    try:
+        _connect(args, rclpy, client, setups)
+        stamp = [STAMP_BASE + 700_000 + 10_000 * n]
+        for size in parse_sizes(args.sizes):
+            rows.append(_compare_size(args, rclpy, client, bare, setups, n, size, stamp))
+    finally:
+        _tear_down(client, setups)
+    return rows
+
+
+def _connect(args, rclpy, client, setups: dict[str, Setup]) -> None:
+    """Publishers to every camera's image and raw subscriptions to its labels (only the stamp is read),
+    then wait until every node has matched both and is alive."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image
+
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    for setup in setups.values():
+        def on_labels(data: bytes, arrivals=setup.arrivals) -> None:  # only the stamp is read
+            arrivals[cdr_stamp(data) // NS] = time.perf_counter()
+
+        setup.pubs = [client.create_publisher(Image, t, reliable) for t in setup.image_topics]
+        setup.subs = [client.create_subscription(Image, t, on_labels, reliable, raw=True)
+                      for t in setup.label_topics]
+    for setup in setups.values():
+        ok = spin_until(rclpy, client, lambda s=setup: all(p.get_subscription_count() > 0 for p in s.pubs)
+                         and all(x.get_publisher_count() > 0 for x in s.subs), args.startup_timeout, setup.procs[0])
+        if not ok or not all(p.alive for p in setup.procs):
+            raise RuntimeError(f"the nodes did not come up within {args.startup_timeout} s:\n"
+                               f"{setup.procs[0].tail()}")
+    time.sleep(0.5)  # let the reliable writer-reader handshakes finish before the first frame
+
+
+def _compare_size(args, rclpy, client, bare: Segmenter, setups: dict[str, Setup], n: int, size: tuple[int, int],
+                  stamp: list[int]) -> dict:
+    """The row of one frame size: every camera is fed at --feed-factor x the bare Segmenter's rate on
+    these frames, so that either configuration is overloaded."""
+    from rclpy.serialization import serialize_message
     from std_msgs.msg import Header
 
     from msseg_ros.transport.image_codec import encode_image
 
-    setups = _start(args, n)
-    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    rows = []
-    try:
-        for setup in setups.values():
-            def on_labels(data: bytes, arrivals=setup.arrivals) -> None:  # only the stamp is read
-                arrivals[cdr_stamp(data) // NS] = time.perf_counter()
+    frames = synthetic_frames(8, *size)
+    msgs = [bytearray(serialize_message(encode_image(f, "rgb8", Header(frame_id="camera")))) for f in frames]
+    calls, secs = bare_phase(bare.predict, frames, args.phase_seconds)
+    bare_hz = calls / secs
+    feed_hz = args.feed_factor * bare_hz  # per camera: each camera alone would keep a node busy
+    for setup in setups.values():  # warm-up: first frames allocate; the nodes see who subscribes
+        _feed(rclpy, client, setup, msgs, stamp, feed_hz, 2.0)
+    totals = _alternate_rounds(args, rclpy, client, setups, n, msgs, stamp, feed_hz)
+    row: dict[str, Any] = {"mode": "cameras", "cameras": n, "frame_size": list(size),
+                           "bare_rate_hz": round(bare_hz, 2), "fed_rate_hz_per_camera": round(feed_hz, 2),
+                           "rounds": args.rounds, "phase_seconds": args.phase_seconds}
+    for name, t in totals.items():
+        row[name] = {"processes": len(setups[name].procs), "rate_hz": round(t["frames"] / t["seconds"], 2),
+                     "frames": t["frames"],
+                     "per_camera_hz": [round(c / t["seconds"], 2) for c in t["per_camera"]],
+                     "rss_mb": round(max(t["rss_mb"]), 1), "peak_rss_mb": round(t["peak_rss_mb"], 1),
+                     "cpu_ms_per_frame": round(1e3 * t["cpu_s"] / max(t["frames"], 1), 2)}
+    one, sep = row["one_node"], row["separate_nodes"]
+    row["rate_ratio"] = round(one["rate_hz"] / sep["rate_hz"], 3) if sep["rate_hz"] else None
+    row["rss_ratio"] = round(one["rss_mb"] / sep["rss_mb"], 3)
+    log.info("cameras %d %s: one node %.1f Hz %.0f MiB, %d nodes %.1f Hz %.0f MiB", n, size, one["rate_hz"],
+             one["rss_mb"], n, sep["rate_hz"], sep["rss_mb"])
+    return row
 
-            setup.pubs = [client.create_publisher(Image, t, reliable) for t in setup.image_topics]
-            setup.subs = [client.create_subscription(Image, t, on_labels, reliable, raw=True)
-                          for t in setup.label_topics]
-        for setup in setups.values():
-            ok = spin_until(rclpy, client, lambda s=setup: all(p.get_subscription_count() > 0 for p in s.pubs)
-                             and all(x.get_publisher_count() > 0 for x in s.subs), args.startup_timeout, setup.procs[0])
-            if not ok or not all(p.alive for p in setup.procs):
-                raise RuntimeError(f"the nodes did not come up within {args.startup_timeout} s:\n"
-                                   f"{setup.procs[0].tail()}")
-        time.sleep(0.5)  # let the reliable writer-reader handshakes finish before the first frame
-        stamp = [STAMP_BASE + 700_000 + 10_000 * n]
-        for size in parse_sizes(args.sizes):
-            frames = synthetic_frames(8, *size)
-            msgs = [bytearray(serialize_message(encode_image(f, "rgb8", Header(frame_id="camera")))) for f in frames]
-            calls, secs = bare_phase(bare.predict, frames, args.phase_seconds)
-            bare_hz = calls / secs
-            feed_hz = args.feed_factor * bare_hz  # per camera: each camera alone would keep a node busy
-            for setup in setups.values():  # warm-up: first frames allocate; the nodes see who subscribes
-                _feed(rclpy, client, setup, msgs, stamp, feed_hz, 2.0)
-            totals = {name: {"frames": 0, "seconds": 0.0, "per_camera": [0] * n, "rss_mb": [], "peak_rss_mb": 0.0,
-                             "cpu_s": 0.0} for name in setups}
-            for k in range(args.rounds):
-                for name in (CONFIGURATIONS if k % 2 == 0 else CONFIGURATIONS[::-1]):
-                    setup, t = setups[name], totals[name]
-                    cpu0 = sum(thread_cpu_seconds(p.pid).get("total", 0.0) for p in setup.procs)
-                    per_camera, window = _feed(rclpy, client, setup, msgs, stamp, feed_hz, args.phase_seconds)
-                    t["cpu_s"] += sum(thread_cpu_seconds(p.pid).get("total", 0.0) for p in setup.procs) - cpu0
-                    t["frames"] += sum(per_camera)
-                    t["seconds"] += window
-                    t["per_camera"] = [a + b for a, b in zip(t["per_camera"], per_camera, strict=True)]
-                    memory = [memory_mb(p.pid) for p in setup.procs]
-                    t["rss_mb"].append(sum(m[0] for m in memory))
-                    t["peak_rss_mb"] = max(t["peak_rss_mb"], sum(m[1] for m in memory))
-            row: dict[str, Any] = {"mode": "cameras", "cameras": n, "frame_size": list(size),
-                                   "bare_rate_hz": round(bare_hz, 2), "fed_rate_hz_per_camera": round(feed_hz, 2),
-                                   "rounds": args.rounds, "phase_seconds": args.phase_seconds}
-            for name, t in totals.items():
-                row[name] = {"processes": len(setups[name].procs), "rate_hz": round(t["frames"] / t["seconds"], 2),
-                             "frames": t["frames"],
-                             "per_camera_hz": [round(c / t["seconds"], 2) for c in t["per_camera"]],
-                             "rss_mb": round(max(t["rss_mb"]), 1), "peak_rss_mb": round(t["peak_rss_mb"], 1),
-                             "cpu_ms_per_frame": round(1e3 * t["cpu_s"] / max(t["frames"], 1), 2)}
-            one, sep = row["one_node"], row["separate_nodes"]
-            row["rate_ratio"] = round(one["rate_hz"] / sep["rate_hz"], 3) if sep["rate_hz"] else None
-            row["rss_ratio"] = round(one["rss_mb"] / sep["rss_mb"], 3)
-            rows.append(row)
-            log.info("cameras %d %s: one node %.1f Hz %.0f MiB, %d nodes %.1f Hz %.0f MiB", n, size, one["rate_hz"],
-                     one["rss_mb"], n, sep["rate_hz"], sep["rss_mb"])
-    finally:
-        for setup in setups.values():
-            for pub in setup.pubs:
-                client.destroy_publisher(pub)
-            for sub in setup.subs:
-                client.destroy_subscription(sub)
-            for proc in setup.procs:
-                proc.interrupt()
-        for setup in setups.values():
-            for proc in setup.procs:
-                proc.close()
-    return rows
+
+def _alternate_rounds(args, rclpy, client, setups: dict[str, Setup], n: int, msgs: list[bytearray],
+                      stamp: list[int], feed_hz: float) -> dict[str, dict[str, Any]]:
+    """--rounds phases of each configuration, in alternating order (so neither always goes first);
+    per configuration: frames and seconds counted, frames per camera, RSS after each phase, the peak
+    RSS and the CPU its processes took."""
+    totals = {name: {"frames": 0, "seconds": 0.0, "per_camera": [0] * n, "rss_mb": [], "peak_rss_mb": 0.0,
+                     "cpu_s": 0.0} for name in setups}
+    for k in range(args.rounds):
+        for name in (CONFIGURATIONS if k % 2 == 0 else CONFIGURATIONS[::-1]):
+            setup, t = setups[name], totals[name]
+            cpu0 = sum(thread_cpu_seconds(p.pid).get("total", 0.0) for p in setup.procs)
+            per_camera, window = _feed(rclpy, client, setup, msgs, stamp, feed_hz, args.phase_seconds)
+            t["cpu_s"] += sum(thread_cpu_seconds(p.pid).get("total", 0.0) for p in setup.procs) - cpu0
+            t["frames"] += sum(per_camera)
+            t["seconds"] += window
+            t["per_camera"] = [a + b for a, b in zip(t["per_camera"], per_camera, strict=True)]
+            memory = [memory_mb(p.pid) for p in setup.procs]
+            t["rss_mb"].append(sum(m[0] for m in memory))
+            t["peak_rss_mb"] = max(t["peak_rss_mb"], sum(m[1] for m in memory))
+    return totals
+
+
+def _tear_down(client, setups: dict[str, Setup]) -> None:
+    """Drop this client's ends, interrupt every node, then wait for them all (interrupting all first
+    lets them shut down side by side)."""
+    for setup in setups.values():
+        for pub in setup.pubs:
+            client.destroy_publisher(pub)
+        for sub in setup.subs:
+            client.destroy_subscription(sub)
+        for proc in setup.procs:
+            proc.interrupt()
+    for setup in setups.values():
+        for proc in setup.procs:
+            proc.close()
 
 
 def _feed(rclpy, client, setup: Setup, msgs: list[bytearray], stamp: list[int], rate_hz: float,

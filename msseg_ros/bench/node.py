@@ -47,6 +47,8 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,24 +70,15 @@ RATE_OUTPUTS = {"labels": ("labels",), "all": OUTPUTS}  # what the client subscr
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described in the module docstring; returns the report (kind 'node')."""
-    modes = split_list(args.modes)
-    asked = set(split_list(args.rate_outputs)) | set(split_list(args.lockstep_outputs))
-    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(asked - set(RATE_OUTPUTS))
-    if unknown or not modes:
-        print(f"msseg-bench node: unknown --modes/--*-outputs {unknown or modes}; modes are lockstep, rate; "
-              f"rate outputs are {', '.join(RATE_OUTPUTS)}", file=sys.stderr)
-        raise SystemExit(2)
+    modes = _modes(args)
     from msseg_ros.transport.qos import apply_fastdds_profile
 
     apply_fastdds_profile()  # before rclpy.init, for both processes (the child inherits the variables)
     import rclpy
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rclpy.serialization import serialize_message
-    from std_msgs.msg import Header
 
     from msseg_ros.transport.graph import NodeProcess, ros_arguments
-    from msseg_ros.transport.image_codec import encode_image
 
     checkpoint = args.checkpoint or ""
     namespace = f"/msseg_bench_{os.getpid()}"
@@ -105,42 +98,9 @@ def run(args: argparse.Namespace) -> dict:
     results = []
     try:
         node.subscribe_only(OUTPUTS, args.startup_timeout)
-        frame_id = 0
-        for which in split_list(args.lockstep_outputs) if "lockstep" in modes else []:
-            outputs = RATE_OUTPUTS[which]
-            node.subscribe_only(outputs, args.startup_timeout)
-            echo.subscribe_only(outputs, args.startup_timeout)
-            labels_only = outputs == ("labels",)
-            for size in parse_sizes(args.sizes):
-                frames = synthetic_frames(8, *size)
-                node_t, bare_t, floor_t, lost = [], [], [], 0
-                for k in range(args.warmup + args.frames):
-                    frame = frames[k % len(frames)]
-                    header = Header(frame_id="camera")
-                    header.stamp.sec = STAMP_BASE + frame_id
-                    msg = serialize_message(encode_image(frame, "rgb8", header))
-                    t_node = node.round_trip(msg, frame_id, args.timeout)
-                    lost += t_node is None
-                    t1 = time.perf_counter()
-                    if labels_only:
-                        bare.predict(frame)
-                    else:
-                        bare.segment(frame, outputs)
-                    t_bare = time.perf_counter() - t1
-                    t_floor = echo.round_trip(msg, frame_id, args.timeout)
-                    if k >= args.warmup and t_node is not None and t_floor is not None:
-                        node_t.append(t_node)
-                        bare_t.append(t_bare)
-                        floor_t.append(t_floor)
-                    frame_id += 1
-                row = {"mode": "lockstep", "outputs": which, "bare_call": "predict" if labels_only else "segment",
-                       "frame_size": list(size), "frames": len(node_t), "lost": lost,
-                       "backend": bare.describe().get("backend"), "describe": bare.describe()}
-                _lockstep_figures(row, node_t, bare_t, floor_t, args.timeout)
+        if "lockstep" in modes:
+            for row in _lockstep_rows(args, node, echo, bare):  # rows done before an error stay in the report
                 results.append(row)
-                log.info("node %s %s: %s", which, size, row.get("error") or
-                         f"node p50 {row['node_latency_ms']['p50']:.2f} ms, bare p50 "
-                         f"{row['bare_latency_ms']['p50']:.2f} ms, overhead {100 * row['overhead_ratio']:.1f}%")
         if "rate" in modes:
             node.subscribe_only((), args.startup_timeout)
             results += _rate_rows(args, rclpy, client, node.pub, bare, node_proc, namespace)
@@ -153,6 +113,19 @@ def run(args: argparse.Namespace) -> dict:
         if echo is not None:
             echo.proc.stop(timeout=10.0)
     return {"kind": "node", "node_command": node_proc.cmd, "node_log": str(node_proc.log_path), "results": results}
+
+
+def _modes(args: argparse.Namespace) -> list[str]:
+    """--modes, after checking it and the --*-outputs names (exit status 2 on an unknown one, before
+    anything is started)."""
+    modes = split_list(args.modes)
+    asked = set(split_list(args.rate_outputs)) | set(split_list(args.lockstep_outputs))
+    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(asked - set(RATE_OUTPUTS))
+    if unknown or not modes:
+        print(f"msseg-bench node: unknown --modes/--*-outputs {unknown or modes}; modes are lockstep, rate; "
+              f"rate outputs are {', '.join(RATE_OUTPUTS)}", file=sys.stderr)
+        raise SystemExit(2)
+    return modes
 
 
 class NodeEnds:
@@ -193,6 +166,61 @@ class NodeEnds:
         return max(self.arrivals[n].pop(frame_id) for n in self.subs) - t0
 
 
+def _lockstep_rows(args: argparse.Namespace, node: NodeEnds, echo: NodeEnds, bare: Segmenter) -> Iterator[dict]:
+    """The `lockstep` measurement of the module docstring: a row per output set and frame size, each
+    yielded when done. Frame ids run on across rows: a late answer is never taken for a new frame's."""
+    frame_id = 0
+    for which in split_list(args.lockstep_outputs):
+        outputs = RATE_OUTPUTS[which]
+        node.subscribe_only(outputs, args.startup_timeout)
+        echo.subscribe_only(outputs, args.startup_timeout)
+        for size in parse_sizes(args.sizes):
+            yield _lockstep_row(args, node, echo, bare, which, size, frame_id)
+            frame_id += args.warmup + args.frames
+
+
+def _lockstep_row(args: argparse.Namespace, node: NodeEnds, echo: NodeEnds, bare: Segmenter, which: str,
+                  size: tuple[int, int], first_id: int) -> dict:
+    """One lock-step row: per frame, the node's round trip, the bare call on the same frame, then the
+    echo node's round trip (interleaved, so drifts of machine load hit all three alike)."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from msseg_ros.transport.image_codec import encode_image
+
+    outputs = RATE_OUTPUTS[which]
+    labels_only = outputs == ("labels",)
+    frames = synthetic_frames(8, *size)
+    node_t, bare_t, floor_t, lost = [], [], [], 0
+    for k in range(args.warmup + args.frames):
+        frame_id = first_id + k
+        frame = frames[k % len(frames)]
+        header = Header(frame_id="camera")
+        header.stamp.sec = STAMP_BASE + frame_id
+        msg = serialize_message(encode_image(frame, "rgb8", header))
+        t_node = node.round_trip(msg, frame_id, args.timeout)
+        lost += t_node is None
+        t1 = time.perf_counter()
+        if labels_only:
+            bare.predict(frame)
+        else:
+            bare.segment(frame, outputs)
+        t_bare = time.perf_counter() - t1
+        t_floor = echo.round_trip(msg, frame_id, args.timeout)
+        if k >= args.warmup and t_node is not None and t_floor is not None:
+            node_t.append(t_node)
+            bare_t.append(t_bare)
+            floor_t.append(t_floor)
+    row = {"mode": "lockstep", "outputs": which, "bare_call": "predict" if labels_only else "segment",
+           "frame_size": list(size), "frames": len(node_t), "lost": lost,
+           "backend": bare.describe().get("backend"), "describe": bare.describe()}
+    _lockstep_figures(row, node_t, bare_t, floor_t, args.timeout)
+    log.info("node %s %s: %s", which, size, row.get("error") or
+             f"node p50 {row['node_latency_ms']['p50']:.2f} ms, bare p50 "
+             f"{row['bare_latency_ms']['p50']:.2f} ms, overhead {100 * row['overhead_ratio']:.1f}%")
+    return row
+
+
 def _lockstep_figures(row: dict, node_t: list[float], bare_t: list[float], floor_t: list[float],
                       timeout: float) -> None:
     """Latency statistics of a lock-step row, the node's p50 over the bare call's, and the transport floor."""
@@ -213,78 +241,129 @@ def _lockstep_figures(row: dict, node_t: list[float], bare_t: list[float], floor
 
 def _rate_rows(args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, namespace: str) -> list[dict]:
     """The `rate` measurement of the module docstring, for each output set and frame size."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
+    return _RateBench(args, rclpy, client, pub, bare, proc, namespace).rows()
 
-    from msseg_ros.transport.image_codec import encode_image
 
-    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    rows = []
-    stamp = [STAMP_BASE + 500_000]
-    arrivals: dict[int, dict[str, float]] = {}  # stamp sec -> output -> arrival time
-    for which in split_list(args.rate_outputs):
-        outputs = RATE_OUTPUTS[which]
+@dataclass
+class _RateTally:
+    """Frames and seconds summed over the rounds of one rate row for each contender (bare back to
+    back, bare pipelined, the node), with the CPU the node phases took and the rates fed."""
 
-        def callback(name):
-            def cb(data: bytes) -> None:
-                arrivals.setdefault(cdr_stamp(data) // NS, {})[name] = time.perf_counter()
+    bare_n: float = 0.0
+    bare_s: float = 0.0
+    pipe_n: float = 0.0
+    pipe_s: float = 0.0
+    node_n: float = 0.0
+    node_s: float = 0.0
+    feeder_cpu: float = 0.0
+    node_cpu: dict[str, float] = field(default_factory=dict)
+    fed: list[float] = field(default_factory=list)
 
-            return cb
+    def rates(self) -> tuple[float, float, float]:
+        """(bare, bare pipelined, node) frames/s over all rounds."""
+        return self.bare_n / self.bare_s, self.pipe_n / self.pipe_s, self.node_n / self.node_s
 
-        subs = [client.create_subscription(Image, topics.in_namespace(namespace, name), callback(name), reliable,
-                                           raw=True) for name in outputs]
-        _wait_ready(rclpy, client, pub, subs, proc, args.startup_timeout)
-        for size in parse_sizes(args.sizes):
-            frames = synthetic_frames(8, *size)
-            msgs = [bytearray(serialize_message(encode_image(f, "rgb8", Header(frame_id="camera")))) for f in frames]
 
-            labels_only = outputs == ("labels",)
+class _RateBench:
+    """The `rate` rows: the ROS ends shared by every phase, one running stamp (no two frames share
+    one, so a late answer never counts for a later phase) and the arrivals by stamp and output."""
 
-            def bare_call(frame, outputs=outputs, labels_only=labels_only):
-                return bare.predict(frame) if labels_only else bare.segment(frame, outputs)
+    def __init__(self, args, rclpy, client, pub, bare: Segmenter, proc: NodeProcess, namespace: str) -> None:
+        self.args, self.rclpy, self.client, self.pub = args, rclpy, client, pub
+        self.bare, self.proc, self.namespace = bare, proc, namespace
+        self.stamp = [STAMP_BASE + 500_000]
+        self.arrivals: dict[int, dict[str, float]] = {}  # stamp sec -> output -> arrival time
 
-            for f in frames[:3]:  # warm both up (first calls allocate); by then the node sees who subscribes
-                bare_call(f)
-            _feed(rclpy, client, pub, msgs, stamp, 20.0, 2.0, arrivals, outputs, proc)
-            _pipelined_phase(bare, frames[:3], outputs, 0.0)  # warm the two-stage path too
-            bare_n = bare_s = pipe_n = pipe_s = node_n = node_s = feeder_cpu = 0.0
-            node_cpu: dict[str, float] = {}
-            fed = []
-            for _ in range(args.rounds):
-                n, secs = bare_phase(bare_call, frames, args.phase_seconds)
-                bare_n, bare_s = bare_n + n, bare_s + secs
-                n, secs = _pipelined_phase(bare, frames, outputs, args.phase_seconds)
-                pipe_n, pipe_s = pipe_n + n, pipe_s + secs
-                feed_hz = args.feed_factor * max(bare_n / bare_s, pipe_n / pipe_s)
-                cpu0 = (thread_cpu_seconds(proc.pid), time.process_time())
-                n, secs, sent = _feed(rclpy, client, pub, msgs, stamp, feed_hz, args.phase_seconds, arrivals,
-                                      outputs, proc)
-                for key, used in thread_cpu_seconds(proc.pid).items():
-                    node_cpu[key] = node_cpu.get(key, 0.0) + used - cpu0[0].get(key, 0.0)
-                feeder_cpu += time.process_time() - cpu0[1]
-                node_n, node_s = node_n + n, node_s + secs
-                fed.append(sent / args.phase_seconds)
-            bare_hz, pipe_hz, node_hz = bare_n / bare_s, pipe_n / pipe_s, node_n / node_s
-            rows.append({"mode": "rate", "outputs": which, "frame_size": list(size),
-                         "bare_call": "predict" if labels_only else "segment",
-                         "bare_rate_hz": round(bare_hz, 2), "bare_pipelined_rate_hz": round(pipe_hz, 2),
-                         "node_rate_hz": round(node_hz, 2),
-                         "fed_rate_hz": round(float(np.mean(fed)), 2), "node_frames": int(node_n),
-                         "overhead_ratio": round(1.0 - node_hz / bare_hz, 4),
-                         "overhead_vs_pipelined": round(1.0 - node_hz / pipe_hz, 4),
-                         # CPU during the node phases (whole phases, drain included), per answered frame:
-                         # how much of the machine the node and this feeding process took.
-                         "node_cpu_ms_per_frame": {k: round(1e3 * v / max(node_n, 1), 2) for k, v in node_cpu.items()},
-                         "feeder_cpu_ms_per_frame": round(1e3 * feeder_cpu / max(node_n, 1), 2),
-                         "rounds": args.rounds, "phase_seconds": args.phase_seconds})
-            log.info("node rate %s %s: node %.1f Hz, bare %.1f Hz (overhead %.1f%%), bare pipelined %.1f Hz "
-                     "(overhead %.1f%%)", which, size, node_hz, bare_hz, 100 * rows[-1]["overhead_ratio"], pipe_hz,
-                     100 * rows[-1]["overhead_vs_pipelined"])
-        for sub in subs:
-            client.destroy_subscription(sub)
-    return rows
+    def rows(self) -> list[dict]:
+        """For each --rate-outputs set: subscribe to exactly those outputs, then a row per frame size."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        rows = []
+        for which in split_list(self.args.rate_outputs):
+            outputs = RATE_OUTPUTS[which]
+            subs = [self.client.create_subscription(Image, topics.in_namespace(self.namespace, name),
+                                                    self._on_output(name), reliable, raw=True) for name in outputs]
+            _wait_ready(self.rclpy, self.client, self.pub, subs, self.proc, self.args.startup_timeout)
+            for size in parse_sizes(self.args.sizes):
+                rows.append(self._row(which, outputs, size))
+            for sub in subs:
+                self.client.destroy_subscription(sub)
+        return rows
+
+    def _on_output(self, name: str):
+        def cb(data: bytes) -> None:  # only the stamp is read
+            self.arrivals.setdefault(cdr_stamp(data) // NS, {})[name] = time.perf_counter()
+
+        return cb
+
+    def _feed(self, msgs: list[bytearray], rate_hz: float, seconds: float, outputs) -> tuple[int, float, int]:
+        return _feed(self.rclpy, self.client, self.pub, msgs, self.stamp, rate_hz, seconds, self.arrivals, outputs,
+                     self.proc)
+
+    def _row(self, which: str, outputs: tuple[str, ...], size: tuple[int, int]) -> dict:
+        """Warm the three contenders up, alternate their phases for --rounds, and report the rates."""
+        from rclpy.serialization import serialize_message
+        from std_msgs.msg import Header
+
+        from msseg_ros.transport.image_codec import encode_image
+
+        bare = self.bare
+        frames = synthetic_frames(8, *size)
+        msgs = [bytearray(serialize_message(encode_image(f, "rgb8", Header(frame_id="camera")))) for f in frames]
+        labels_only = outputs == ("labels",)
+
+        def bare_call(frame):
+            return bare.predict(frame) if labels_only else bare.segment(frame, outputs)
+
+        for f in frames[:3]:  # warm both up (first calls allocate); by then the node sees who subscribes
+            bare_call(f)
+        self._feed(msgs, 20.0, 2.0, outputs)
+        _pipelined_phase(bare, frames[:3], outputs, 0.0)  # warm the two-stage path too
+        tally = self._rounds(bare_call, frames, msgs, outputs)
+        row = _rate_row(self.args, which, size, labels_only, tally)
+        bare_hz, pipe_hz, node_hz = tally.rates()
+        log.info("node rate %s %s: node %.1f Hz, bare %.1f Hz (overhead %.1f%%), bare pipelined %.1f Hz "
+                 "(overhead %.1f%%)", which, size, node_hz, bare_hz, 100 * row["overhead_ratio"], pipe_hz,
+                 100 * row["overhead_vs_pipelined"])
+        return row
+
+    def _rounds(self, bare_call, frames, msgs: list[bytearray], outputs) -> _RateTally:
+        """--rounds of: bare back to back, bare pipelined, then the node fed at --feed-factor x the faster
+        bare rate so far (alternating keeps slow drifts of machine load out of the ratios)."""
+        args, proc, t = self.args, self.proc, _RateTally()
+        for _ in range(args.rounds):
+            n, secs = bare_phase(bare_call, frames, args.phase_seconds)
+            t.bare_n, t.bare_s = t.bare_n + n, t.bare_s + secs
+            n, secs = _pipelined_phase(self.bare, frames, outputs, args.phase_seconds)
+            t.pipe_n, t.pipe_s = t.pipe_n + n, t.pipe_s + secs
+            feed_hz = args.feed_factor * max(t.bare_n / t.bare_s, t.pipe_n / t.pipe_s)
+            cpu0 = (thread_cpu_seconds(proc.pid), time.process_time())
+            n, secs, sent = self._feed(msgs, feed_hz, args.phase_seconds, outputs)
+            for key, used in thread_cpu_seconds(proc.pid).items():
+                t.node_cpu[key] = t.node_cpu.get(key, 0.0) + used - cpu0[0].get(key, 0.0)
+            t.feeder_cpu += time.process_time() - cpu0[1]
+            t.node_n, t.node_s = t.node_n + n, t.node_s + secs
+            t.fed.append(sent / args.phase_seconds)
+        return t
+
+
+def _rate_row(args, which: str, size: tuple[int, int], labels_only: bool, t: _RateTally) -> dict:
+    """The report row of a rate measurement: the three rates and the node's overhead against each bare one."""
+    bare_hz, pipe_hz, node_hz = t.rates()
+    return {"mode": "rate", "outputs": which, "frame_size": list(size),
+            "bare_call": "predict" if labels_only else "segment",
+            "bare_rate_hz": round(bare_hz, 2), "bare_pipelined_rate_hz": round(pipe_hz, 2),
+            "node_rate_hz": round(node_hz, 2),
+            "fed_rate_hz": round(float(np.mean(t.fed)), 2), "node_frames": int(t.node_n),
+            "overhead_ratio": round(1.0 - node_hz / bare_hz, 4),
+            "overhead_vs_pipelined": round(1.0 - node_hz / pipe_hz, 4),
+            # CPU during the node phases (whole phases, drain included), per answered frame:
+            # how much of the machine the node and this feeding process took.
+            "node_cpu_ms_per_frame": {k: round(1e3 * v / max(t.node_n, 1), 2) for k, v in t.node_cpu.items()},
+            "feeder_cpu_ms_per_frame": round(1e3 * t.feeder_cpu / max(t.node_n, 1), 2),
+            "rounds": args.rounds, "phase_seconds": args.phase_seconds}
 
 
 def _pipelined_phase(seg: Segmenter, frames, outputs, seconds: float) -> tuple[int, float]:

@@ -11,6 +11,7 @@ every camera; the worker batches their pending frames (`pipeline.CameraMailboxes
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -41,20 +42,37 @@ def check_camera_names(names: Sequence[str], reserved: Iterable[str] = ()) -> st
     return None
 
 
-def stray_camera_parameter(given: Iterable[str], cameras: Sequence[str]) -> str | None:
-    """Why a given `<camera>.<parameter>` cannot apply (no such camera, or no such per-camera
-    parameter), or None: a typo must not leave a camera silently mounted at the defaults."""
+def check_camera_parameters(given: Iterable[str], cameras: Sequence[str]) -> tuple[str | None, list[str]]:
+    """(error, notes) for the `<camera>.<parameter>` values given at start-up (a params file, -p ...).
+
+    A params file may describe more cameras than are launched (`cameras:="[front,left]"` with a file that
+    mounts front, left and right): the others' parameters are ignored, with a note. Errors, because a
+    camera would otherwise run silently mounted at the defaults: a per-camera parameter that does not
+    exist, and a listed camera without parameters of its own whose name is close to a described camera
+    that is not listed (a misspelling, e.g. `lefft` where the file mounts `left`)."""
+    described: dict[str, list[str]] = {}
     for name in sorted(given):
         prefix, dot, rest = name.partition(".")
         if not dot or prefix == "qos_overrides":
             continue
         if prefix in cameras and rest not in PER_CAMERA_PARAMETERS:
             return (f"parameter {name}: cameras have no parameter {rest!r}; per-camera parameters are "
-                    f"{', '.join(PER_CAMERA_PARAMETERS)}")
-        if prefix not in cameras and rest in PER_CAMERA_PARAMETERS:
-            listed = ", ".join(cameras) if cameras else "none, the cameras parameter is empty"
-            return f"parameter {name}: there is no camera {prefix!r} (cameras: {listed})"
-    return None
+                    f"{', '.join(PER_CAMERA_PARAMETERS)}"), []
+        if rest in PER_CAMERA_PARAMETERS:
+            described.setdefault(prefix, []).append(rest)
+    notes = []
+    unlisted = sorted(set(described) - set(cameras))
+    for camera in cameras:
+        if camera in described or not described:
+            continue
+        close = difflib.get_close_matches(camera, unlisted, n=1, cutoff=0.75)
+        if close:
+            return (f"camera {camera!r} has no parameters of its own, but {close[0]!r} has (and is not in "
+                    f"cameras: {', '.join(cameras)}): a misspelling?"), []
+        notes.append(f"camera {camera} has no parameters of its own: it uses the top-level values")
+    if unlisted:
+        notes.append(f"parameters of cameras not in `cameras` ignored: {', '.join(unlisted)}")
+    return None, notes
 
 
 def auto_streams(cameras: int, threads: int, device_type: str, cores: int) -> int:
@@ -82,8 +100,10 @@ class Camera:
         # ROS entities, made by the node on configure:
         self.image_sub: Any = None
         self.camera_info_sub: Any = None
-        self.output_pubs: dict[str, Any] = {}
+        self.output_pubs: dict[str, Any] = {}  # image outputs
         self.road_grid_pub: Any = None
+        self.point_pubs: dict[str, Any] = {}  # obstacle_points, road_points, semantic/points
+        self.semantic_pubs: dict[str, Any] = {}  # semantic/labels, semantic/confidence
         self.diag_last = (time.monotonic(), 0)  # (time, processed) at the last status: the output rate
 
     def topic(self, name: str) -> str:
@@ -95,4 +115,5 @@ class Camera:
         return f"{self.name}.{name}" if self.name else name
 
     def publishers(self) -> list[Any]:
-        return [*self.output_pubs.values(), *([self.road_grid_pub] if self.road_grid_pub is not None else [])]
+        grid = [self.road_grid_pub] if self.road_grid_pub is not None else []
+        return [*self.output_pubs.values(), *grid, *self.point_pubs.values(), *self.semantic_pubs.values()]

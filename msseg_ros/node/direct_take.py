@@ -23,23 +23,15 @@ from typing import Any
 from rclpy.callback_groups import CallbackGroup
 
 from msseg_ros.node.pipeline import name_os_thread
+from msseg_ros.node.rclpy_private import SubscriptionWaiter, wait_set_class
 
 log = logging.getLogger(__name__)
 WAIT_TIMEOUT_NS = 100_000_000  # how often the thread looks at its stop flag when no frame comes
 
 
-def _wait_set_api():
-    try:
-        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
-
-        return _rclpy.WaitSet
-    except (ImportError, AttributeError):
-        return None
-
-
 def available() -> bool:
     """Whether this rclpy has the wait-set API that `rclpy.wait_for_message` uses."""
-    return _wait_set_api() is not None
+    return wait_set_class() is not None
 
 
 class NotByExecutor(CallbackGroup):
@@ -80,36 +72,30 @@ class DirectTake:
 
     def _loop(self) -> None:
         name_os_thread()
-        wait_set = _wait_set_api()(len(self._subs), 0, 0, 0, 0, 0, self._context.handle)
+        waiter = SubscriptionWaiter(self._subs, self._context)
         while not self._stop.is_set() and self._context.ok():
             try:
-                wait_set.clear_entities()
-                for sub in self._subs:
-                    wait_set.add_subscription(sub.handle)
-                wait_set.wait(WAIT_TIMEOUT_NS)  # releases the interpreter lock while waiting
-                ready = wait_set.get_ready_entities("subscription")
+                ready = waiter.wait(WAIT_TIMEOUT_NS)  # releases the interpreter lock while waiting
             except Exception as exc:  # e.g. the context shut down under the wait: stop; anything else: retry
                 if self._stop.is_set() or not self._context.ok():
                     return
                 log.warning("waiting for frames failed, retrying: %s", exc)
                 self._stop.wait(0.1)
                 continue
-            for index, sub in enumerate(self._subs):
-                if sub.handle.pointer in ready:
-                    self._take(index, sub)
+            for index in ready:
+                self._take(index, self._subs[index])
 
     def _take(self, index: int, sub: Any) -> None:
         """Take what this subscription holds (several frames may be queued) and deliver each."""
         while not self._stop.is_set():
             try:
-                with sub.handle:
-                    taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                message = SubscriptionWaiter.take(sub)
             except Exception as exc:  # a destroyed handle or a failed take: skip, never kill the thread
                 log.debug("take from %s failed: %s", getattr(sub, "topic_name", "?"), exc)
                 return
-            if taken is None:
+            if message is None:
                 return
             try:
-                self._deliver(index, taken[0])
+                self._deliver(index, message)
             except Exception:  # the callback's own failure must not stop the frames of every camera
                 log.exception("frame delivery failed")

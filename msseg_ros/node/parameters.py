@@ -25,7 +25,8 @@ from rclpy.parameter import Parameter
 from msseg_core.checkpoint import CheckpointError, CheckpointMeta, read_meta
 from msseg_core.runtime.engines.torch_ort import default_threads
 from msseg_core.runtime.segmenter import BACKENDS, PRECISIONS, resolve_device
-from msseg_ros.node.cameras import auto_streams, check_camera_names, stray_camera_parameter
+from msseg_ros.node.cameras import auto_streams, check_camera_names, check_camera_parameters
+from msseg_ros.node.rclpy_private import parameter_overrides
 from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS, ROAD_GRID_DESCRIPTIONS
 from msseg_ros.transport.graph import one_line
 from msseg_ros.transport.image_codec import DEFAULT_MAX_PIXELS
@@ -34,9 +35,10 @@ if TYPE_CHECKING:
     import torch
 
 TRANSPORTS = ("raw", "compressed")
+TTA_MODES = ("none", "flip")
 STARTUP_PARAMETERS = ("checkpoint", "device", "precision", "backend", "threads", "input_width", "input_height",
                       "input_transport", "max_input_pixels", "pipelined", "cameras", "max_batch",
-                      "streams")
+                      "streams", "tta")
 """Read on configure; they can be changed only while the node is unconfigured."""
 _STARTUP = " Start-up: changeable only while the node is unconfigured."
 
@@ -56,7 +58,7 @@ def declare(node: Any, name: str, default: Any, desc: ParameterDescriptor, **kwa
     try:
         return node.declare_parameter(name, default, desc, **kwargs).value
     except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-        given = getattr(node, "_parameter_overrides", {}).get(name)
+        given = parameter_overrides(node).get(name)
         value = given.value if given is not None else default
         if isinstance(exc, InvalidParameterTypeException):
             expected = Parameter.Type(desc.type).name.lower().replace("_", " ")
@@ -111,6 +113,16 @@ def declare_node_parameters(node: Any) -> None:
         "in memory (several cameras keep several cores busy); 0 = one per camera, at most 2 x the usable cores "
         "(1 for one camera, with threads 0, or on CUDA)." + _STARTUP, p.INTEGER,
         integer_range=[IntegerRange(from_value=0, to_value=64, step=1)]))
+    declare(node, "tta", "none", descriptor(
+        "Test-time augmentation: flip = also run the mirrored frame and average the logits (better masks, about "
+        "twice the network's time); none = off." + _STARTUP, p.STRING, constraints="none or flip"))
+    declare(node, "points_step", 4, descriptor(
+        "Ground points and the semantic/* outputs sample every points_step-th pixel of each row and column "
+        "(run-time)", p.INTEGER, integer_range=[IntegerRange(from_value=1, to_value=64, step=1)]))
+    declare(node, "fused_grid_max_age", 0.5, descriptor(
+        "With cameras: a camera's grid counts in the vehicle's road_grid only while its image is at most this many "
+        "seconds older than the newest one (run-time)", p.DOUBLE,
+        floating_point_range=[FloatingPointRange(from_value=0.01, to_value=60.0, step=0.0)]))
     declare(node, "autostart", True, descriptor(
         "Configure and activate at start-up; false = wait for a lifecycle manager", p.BOOL, read_only=True))
     seconds = [FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)]
@@ -163,6 +175,8 @@ class StartupSettings:
     max_batch: int
     pipelined: bool
     streams: int  # resolved: >= 1
+    tta: str
+    notes: list[str]  # worth a log line (e.g. cameras of the params file that are not launched)
 
 
 def read_startup(node: Any, parameter_names: Sequence[str]) -> StartupSettings:
@@ -176,10 +190,13 @@ def read_startup(node: Any, parameter_names: Sequence[str]) -> StartupSettings:
         raise ConfigError(f"parameter precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend not in BACKENDS:
         raise ConfigError(f"parameter backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if get("tta") not in TTA_MODES:
+        raise ConfigError(f"parameter tta must be one of {', '.join(TTA_MODES)}, got {get('tta')!r}")
     cameras = list(get("cameras"))
     if problem := check_camera_names(cameras, {name.split(".")[0] for name in parameter_names}):
         raise ConfigError(f"parameter cameras: {problem}")
-    if problem := stray_camera_parameter(getattr(node, "_parameter_overrides", {}), cameras):
+    problem, notes = check_camera_parameters(parameter_overrides(node), cameras)
+    if problem:
         raise ConfigError(problem)
     try:
         device = resolve_device(get("device"))
@@ -193,7 +210,8 @@ def read_startup(node: Any, parameter_names: Sequence[str]) -> StartupSettings:
     input_size = (height or meta.input_size[0], width or meta.input_size[1]) if width or height else None
     streams = get("streams") or auto_streams(len(cameras), get("threads"), device.type, default_threads())
     return StartupSettings(str(path), meta, device, precision, backend, transport, cameras, input_size, get("threads"),
-                           get("max_input_pixels"), get("max_batch"), bool(get("pipelined")), streams)
+                           get("max_input_pixels"), get("max_batch"), bool(get("pipelined")), streams,
+                           get("tta"), notes)
 
 
 def declare_road_grid_parameters(node: Any, prefix: str = "", defaults: dict[str, Any] | None = None

@@ -5,10 +5,12 @@ the counters that account for every frame of a camera. No rclpy in here.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -17,8 +19,6 @@ import numpy as np
 from msseg_ros.transport import topics
 
 if TYPE_CHECKING:
-    from std_msgs.msg import Header
-
     from msseg_core.runtime.segmenter import NetworkOutput
 
 T = TypeVar("T")
@@ -139,7 +139,7 @@ class FrameCounters:
     invalid: int = 0  # could not be decoded, or over max_input_pixels
     errors: int = 0  # inference, publishing (or an unexpected decode failure) raised; the frame is lost
     skipped: int = 0  # no output had a subscriber, nothing was computed
-    no_road_grid: int = 0  # processed, but road_grid was wanted and no usable CameraInfo allowed one
+    no_road_grid: int = 0  # processed, but a ground output (grid, points) was wanted and could not be made
     ignored: int = 0  # arrived while the node was inactive (lifecycle): not looked at, not in `received`
     published: dict[str, int] = field(default_factory=lambda: dict.fromkeys(topics.OUTPUTS, 0))
 
@@ -187,7 +187,7 @@ class FrameStats:
         with self._lock:
             self.counters.processed += 1
             for name in outputs:
-                self.counters.published[name] += 1
+                self.counters.published[name] = self.counters.published.get(name, 0) + 1
             self._latencies.append(latency_s)
             self._inference_times.append(inference_s)
             self._failing_streak = 0
@@ -214,11 +214,9 @@ class InferredFrame:
     """One frame on its way from the worker (network) to the publisher (postprocess, publish)."""
 
     camera: Any  # whose frame (the node's cameras.Camera): its publishers, road grid and counters
-    header: Header
+    header: Any  # the input image's std_msgs/Header
     net: NetworkOutput  # logits owned by this frame (Segmenter.run_network); keeps the decoded frame alive
-    compute: set[str]  # outputs to post-process: the wanted ones and what the road mask needs
-    wanted: list[str]  # outputs with subscribers when the frame was taken
-    grid_wanted: bool
+    wanted: Any  # outputs.Wanted: what its subscribers asked for when it was taken, what to compute
     received_at: float
     network_s: float  # the network's time for the batch this frame ran in
     stream: int = 0  # the worker (and Segmenter replica) that ran it; its postprocess uses that replica too
@@ -233,6 +231,43 @@ def name_os_thread() -> None:
         ctypes.CDLL(None).prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):  # not Linux: a cosmetic loss only
         pass
+
+
+class EntityGate:
+    """Lets the frame threads use the node's ROS entities (publishers, subscriber counts) only while they
+    exist. A thread holds the gate for the moments it touches them; closing it refuses new holders and
+    waits for the current ones, so the node destroys its entities only once no thread can reach them,
+    even when a slow frame outlived the threads' join timeout."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = False
+        self._inside = 0
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[bool]:
+        """`with gate.held() as ok:` ok False = the entities are gone or going: touch nothing."""
+        with self._cond:
+            ok = self._open
+            if ok:
+                self._inside += 1
+        try:
+            yield ok
+        finally:
+            if ok:
+                with self._cond:
+                    self._inside -= 1
+                    self._cond.notify_all()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new holders; True once no thread holds the gate (False if one still does after `timeout`)."""
+        with self._cond:
+            self._open = False
+            return self._cond.wait_for(lambda: self._inside == 0, timeout)
 
 
 class FrameThreads:
@@ -274,14 +309,17 @@ class FrameThreads:
         for thread in self._threads():
             thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask every thread to stop and wait until each finished the frame in hand."""
+    def stop(self, timeout: float = 10.0) -> list[str]:
+        """Ask every thread to stop and wait until each finished the frame in hand, at most `timeout`
+        seconds in all; the names of the threads still running then (a frame slower than that)."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads():
             if thread.ident is not None and thread is not threading.current_thread():
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
         while (frame := self._outbox.take(timeout=0)) is not None:  # handed over, never published
             self._dropped(frame.camera)
+        return [t.name for t in self._threads() if t.is_alive() and t is not threading.current_thread()]
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads())

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from msseg_core.ground.camera import CameraError, CameraPose, PinholeCamera
+from msseg_core.ground.points import GroundPointLookup, GroundPoints, ground_points
 from msseg_core.ground.projection import GroundGridLookup
 from msseg_core.ground.road_mask import refine_road_mask
 
@@ -58,9 +59,12 @@ class RoadGridParams:
     grid_frame: str = _param("base_footprint", "frame_id of road_grid: the ground-level base frame (REP-105) the "
                                                "camera pose is given in")
     grid_resolution: float = _param(0.2, "road_grid cell size [m]")
-    grid_length: float = _param(30.0, "road_grid extent ahead of grid_frame [m]")
+    grid_min_x: float = _param(0.0, "road_grid starts this far ahead of grid_frame's origin [m]; negative: behind "
+                                    "it (rear and side cameras)")
+    grid_length: float = _param(30.0, "road_grid ends this far ahead of grid_frame's origin [m] (x from grid_min_x "
+                                      "to grid_length)")
     grid_width: float = _param(20.0, "road_grid lateral extent, centred on grid_frame [m]")
-    grid_max_range: float = _param(30.0, "cells farther than this from the camera are unknown [m]")
+    grid_max_range: float = _param(30.0, "cells (and ground points) farther than this from the camera are unknown [m]")
 
     def check(self) -> str | None:
         """A message saying what is wrong, or None when the values are usable."""
@@ -70,10 +74,15 @@ class RoadGridParams:
             return f"road_cleanup_kernel must be 0 (off) .. 101 pixels, got {self.road_cleanup_kernel}"
         if not self.grid_frame:
             return "grid_frame must not be empty"
-        for name in ("grid_resolution", "grid_length", "grid_width", "grid_max_range"):
+        for name in ("grid_resolution", "grid_width", "grid_max_range"):
             if not getattr(self, name) > 0:
                 return f"{name} must be > 0, got {getattr(self, name)}"
-        cells = (self.grid_length / self.grid_resolution) * (self.grid_width / self.grid_resolution)
+        if not self.grid_length > self.grid_min_x:
+            return (f"grid_length ({self.grid_length:g} m) must be greater than grid_min_x ({self.grid_min_x:g} m): "
+                    "the grid spans x from grid_min_x to grid_length")
+        if self.grid_resolution > min(self.grid_length - self.grid_min_x, self.grid_width):
+            return f"grid_resolution ({self.grid_resolution:g} m) is larger than the grid itself"
+        cells = ((self.grid_length - self.grid_min_x) / self.grid_resolution) * (self.grid_width / self.grid_resolution)
         if cells > 25_000_000:
             return f"grid of {cells:.0f} cells is too large; raise grid_resolution or shrink the grid"
         if not -np.pi / 2 < self.camera_pitch < np.pi / 2 or not -np.pi / 2 < self.camera_roll < np.pi / 2:
@@ -81,9 +90,23 @@ class RoadGridParams:
         return None
 
     @property
+    def geometry(self) -> GridGeometry:
+        return GridGeometry(self.grid_resolution, self.grid_min_x, self.grid_length, self.grid_width)
+
+    @property
     def pose(self) -> CameraPose:
         return CameraPose(x=self.camera_x, y=self.camera_y, height=self.camera_height, roll=self.camera_roll,
                           pitch=self.camera_pitch, yaw=self.camera_yaw)
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Where a grid lies on the ground of its frame: cell size, x from min_x to length, y across width."""
+
+    resolution: float
+    min_x: float
+    length: float
+    width: float
 
 
 @dataclass(frozen=True)
@@ -101,7 +124,7 @@ ROAD_GRID_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RoadGrid
 ROAD_GRID_DESCRIPTIONS: dict[str, str] = {f.name: f.metadata["description"] for f in fields(RoadGridParams)}
 
 _GEOMETRY_KEYS = {"camera_x", "camera_y", "camera_height", "camera_roll", "camera_pitch", "camera_yaw",
-                  "grid_resolution", "grid_length", "grid_width", "grid_max_range"}
+                  "grid_resolution", "grid_min_x", "grid_length", "grid_width", "grid_max_range"}
 
 
 class RoadGridBuilder:
@@ -115,8 +138,9 @@ class RoadGridBuilder:
         self.camera: PinholeCamera | None = None  # at the CameraInfo's resolution, without the mounting
         self.camera_error: str | None = "no CameraInfo received yet"
         self._info: Any = None  # the latest CameraInfo: camera_rectified changes how it is read
-        self.lookup: GroundGridLookup | None = None
+        self.lookup: GroundGridLookup | None = None  # this camera's own grid
         self.lookup_builds = 0
+        self._other_lookups: dict[tuple, GroundGridLookup | GroundPointLookup] = {}  # fused grid, ground points
         if params:
             self.set_params(**params)
 
@@ -148,6 +172,7 @@ class RoadGridBuilder:
             self.params = new
             if geometry_changed:
                 self.lookup = None
+                self._other_lookups.clear()
             if rectified_changed and self._info is not None:
                 self._load_camera(self._info)
             return geometry_changed or rectified_changed
@@ -169,6 +194,7 @@ class RoadGridBuilder:
         if camera == self.camera and error == self.camera_error:
             return False
         self.camera, self.lookup, self.camera_error = camera, None, error
+        self._other_lookups.clear()
         return True
 
     @property
@@ -188,11 +214,56 @@ class RoadGridBuilder:
                 return None, self.params
             if self.lookup is None or self.lookup.image_size != size:
                 p = self.params
-                camera = self.camera.scaled_to(*size).with_pose(p.pose)
-                self.lookup = GroundGridLookup(camera, resolution=p.grid_resolution, length=p.grid_length,
-                                               width=p.grid_width, max_range=p.grid_max_range)
+                self.lookup = self._grid_lookup(size, p.geometry)
                 self.lookup_builds += 1
             return self.lookup, self.params
+
+    def _grid_lookup(self, size: tuple[int, int], g: GridGeometry) -> GroundGridLookup:
+        """(Lock held, camera known.) The lookup of this camera at this mask size onto grid `g`."""
+        camera = self.camera.scaled_to(*size).with_pose(self.params.pose)
+        return GroundGridLookup(camera, resolution=g.resolution, length=g.length, width=g.width,
+                                max_range=self.params.grid_max_range, min_x=g.min_x)
+
+    def _cached(self, key: tuple, build) -> tuple[Any, RoadGridParams] | tuple[None, RoadGridParams]:
+        with self._lock:
+            if self.camera is None:
+                return None, self.params
+            lookup = self._other_lookups.get(key)
+            if lookup is None:
+                if len(self._other_lookups) > 8:  # sizes or geometries come and go: keep the recent ones
+                    self._other_lookups.clear()
+                lookup = self._other_lookups[key] = build()
+                self.lookup_builds += 1
+            return lookup, self.params
+
+    def cells_on(self, road_mask: np.ndarray, geometry: GridGeometry) -> np.ndarray | None:
+        """A refined road mask (`refine`) as cells of another grid in the same frame (the vehicle's fused
+        grid); None before a usable CameraInfo."""
+        mask = np.asarray(road_mask)
+        size = mask.shape[:2]
+        lookup, _ = self._cached(("grid", size, geometry), lambda: self._grid_lookup(size, geometry))
+        return None if lookup is None else lookup.apply(mask)
+
+    def sees_any_cell_of(self, geometry: GridGeometry, size: tuple[int, int]) -> bool | None:
+        """Whether this camera's view covers any cell of `geometry` (None before a CameraInfo)."""
+        lookup, _ = self._cached(("grid", size, geometry), lambda: self._grid_lookup(size, geometry))
+        return None if lookup is None else bool(lookup.valid.any())
+
+    def points(self, labels: np.ndarray, ground_lut: np.ndarray, drivable_lut: np.ndarray,
+               step: int) -> tuple[GroundPoints, str] | None:
+        """The frame's ground points (msseg_core.ground.points) and the frame they are in (grid_frame);
+        None before a usable CameraInfo."""
+        labels = np.asarray(labels)
+        size = labels.shape[:2]
+
+        def build() -> GroundPointLookup:
+            camera = self.camera.scaled_to(*size).with_pose(self.params.pose)
+            return GroundPointLookup(camera, step=step, max_range=self.params.grid_max_range)
+
+        lookup, params = self._cached(("points", size, step), build)
+        if lookup is None:
+            return None
+        return ground_points(labels, lookup, ground_lut, drivable_lut), params.grid_frame
 
     def grid(self, road_mask: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray | None:
         """rows x cols int8 grid (0 road, 100 not road, -1 unknown), or None before a CameraInfo."""
@@ -217,6 +288,11 @@ class RoadGridBuilder:
             return None
         cells, lookup, params = result
         return RoadGrid(cells, lookup.resolution, lookup.origin, params.grid_frame)
+
+    def refine_with(self, params: RoadGridParams, road_mask: np.ndarray,
+                    confidence: np.ndarray | None = None) -> np.ndarray:
+        """`refine` with a snapshot of the parameters (one consistent set per frame)."""
+        return _refine(params, road_mask, confidence)
 
 
 def _refine(p: RoadGridParams, road_mask: np.ndarray, confidence: np.ndarray | None) -> np.ndarray:

@@ -47,7 +47,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from msseg_core.checkpoint import CheckpointError
 from msseg_core.cli.common import configure_process
@@ -55,6 +55,7 @@ from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
 from msseg_ros.node import direct_take, health
 from msseg_ros.node.cameras import Camera
 from msseg_ros.node.direct_take import DirectTake, NotByExecutor
+from msseg_ros.node.outputs import FrameSettings, VehicleGrid, publish_frame_outputs, wanted
 from msseg_ros.node.parameters import (
     STARTUP_PARAMETERS,
     ConfigError,
@@ -66,7 +67,8 @@ from msseg_ros.node.parameters import (
     read_startup,
     value,
 )
-from msseg_ros.node.pipeline import CameraMailboxes, FrameThreads, InferredFrame
+from msseg_ros.node.pipeline import CameraMailboxes, EntityGate, FrameThreads, InferredFrame
+from msseg_ros.node.rclpy_private import available_transitions, current_state, guard_change_state
 from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS, RoadGridBuilder
 from msseg_ros.transport import topics
 from msseg_ros.transport.cdr import typestore
@@ -76,10 +78,9 @@ from msseg_ros.transport.image_codec import (
     IMAGE_TYPE,
     ImageDecodeError,
     decode_serialized,
-    encode_image,
 )
-from msseg_ros.transport.messages import occupancy_grid
-from msseg_ros.transport.qos import apply_fastdds_profile, diagnostics_qos, input_qos, output_qos
+from msseg_ros.transport.messages import label_info, label_info_available
+from msseg_ros.transport.qos import apply_fastdds_profile, diagnostics_qos, input_qos, map_qos, output_qos, overridable
 
 NODE_NAME = "msseg_node"
 OUTPUT_ENCODINGS = topics.OUTPUT_ENCODINGS
@@ -103,11 +104,16 @@ class SegmentationNode(LifecycleNode):
         self.cameras: list[Camera] = []
         self._segmenters: list[Segmenter] = []  # one per stream (configured); the first is `segmenter`
         self.last_error = ""  # why the last configure failed
-        self._active = False
+        self._active = threading.Event()  # read by the frame threads, set and cleared by the lifecycle
         self._active_since = time.monotonic()
+        self._gate = EntityGate()  # the frame threads touch publishers only while they exist
+        self.join_timeout = 10.0  # seconds deactivate waits for a frame in flight (then logs, never blocks)
         self._declaring = False  # our own declarations pass the parameter callbacks untouched
         self._configured_names: list[str] = []  # parameters configure declared and cleanup undeclares
-        self._segment_lock = threading.Lock()  # run-time parameter changes vs. postprocessing
+        self._settings_lock = threading.Lock()  # run-time parameter changes vs. a frame's snapshot of them
+        self._frame_settings: FrameSettings | None = None
+        self.vehicle: VehicleGrid | None = None  # the fused road_grid (with cameras)
+        self.label_info_pub: Any = None
         self._mailboxes: CameraMailboxes[tuple[bytes, float]] = CameraMailboxes(0)
         self._threads: FrameThreads | None = None  # while active
         self._direct: DirectTake | None = None  # takes the image subscriptions' frames (configured)
@@ -115,8 +121,7 @@ class SegmentationNode(LifecycleNode):
         self.diagnostics_pub: Any = None
         self.diagnostics_timer: Any = None
         self._engine_facts: dict[str, str] = {}
-        guarded = self._service_change_state.callback
-        self._service_change_state.callback = lambda req, resp: self._change_state_request(guarded, req, resp)
+        guard_change_state(self, self._change_state_request)
         try:
             declare_node_parameters(self)
         except ConfigError:
@@ -151,26 +156,27 @@ class SegmentationNode(LifecycleNode):
         """Reject bad values before anything changes (read-only ones rclpy rejects itself)."""
         if self._declaring:
             return SetParametersResult(successful=True)
-        state = self._state_machine.current_state[1]
+        state = current_state(self)
         per_camera: dict[Camera, dict[str, Any]] = {}
         top: dict[str, Any] = {}  # road-grid values while unconfigured: what the cameras will start from
         for param in params:
             if param.name in STARTUP_PARAMETERS and state != "unconfigured":
                 return SetParametersResult(successful=False, reason=(
                     f"{param.name} is read on configure: change it while the node is unconfigured (it is {state})"))
-            if param.name == "road_classes" and self.segmenter is not None:
+            if param.name in ("road_classes", "ground_classes") and self.segmenter is not None:
                 if param.type_ != Parameter.Type.STRING_ARRAY:
-                    return SetParametersResult(successful=False, reason="road_classes must be a string array")
+                    return SetParametersResult(successful=False, reason=f"{param.name} must be a string array")
                 problem = check_road_classes(list(param.value), self.segmenter.class_names)
                 if problem:
-                    return SetParametersResult(successful=False, reason=f"road_classes: {problem}")
+                    return SetParametersResult(successful=False, reason=f"{param.name}: {problem}")
             elif param.name == "overlay_alpha" and (param.type_ != Parameter.Type.DOUBLE
                                                     or not 0.0 <= param.value <= 1.0):
                 reason = f"overlay_alpha must be a double in [0, 1], got {param.value!r}"
                 return SetParametersResult(successful=False, reason=reason)
             elif param.name in ROAD_GRID_DEFAULTS and self.cameras and self.cameras[0].name:
                 return SetParametersResult(successful=False, reason=(
-                    f"with cameras set, {param.name} is per camera: set <camera>.{param.name}"))
+                    f"with cameras set, {param.name} is per camera: set <camera>.{param.name} (the top-level "
+                    "values, the vehicle road_grid's extent among them, are read on configure)"))
             elif (owner := self._camera_of(param.name)) is not None:
                 per_camera.setdefault(owner[0], {})[owner[1]] = param.value
             elif param.name in ROAD_GRID_DEFAULTS:
@@ -188,16 +194,17 @@ class SegmentationNode(LifecycleNode):
         """Apply values that passed validation; they hold from the next frame to be post-processed."""
         if self._declaring or self.segmenter is None:
             return
-        with self._segment_lock:
+        with self._settings_lock:
             per_camera: dict[Camera, dict[str, Any]] = {}
             for param in params:
                 if param.name == "road_classes":
                     for segmenter in self._segmenters:
                         segmenter.set_road_classes(list(param.value))
                     self.get_logger().info(f"road_classes = {list(param.value)}")
-                elif param.name == "overlay_alpha":
-                    self.overlay_alpha = float(param.value)
-                    self.get_logger().info(f"overlay_alpha = {self.overlay_alpha}")
+                elif param.name in ("overlay_alpha", "ground_classes", "points_step"):
+                    self.get_logger().info(f"{param.name} = {param.value}")
+                elif param.name == "fused_grid_max_age" and self.vehicle is not None:
+                    self.vehicle.fused.max_age_ns = int(float(param.value) * 1e9)
                 elif param.name in ("input_timeout", "startup_grace"):
                     self.health_limits = self._health_limits()
                 elif (owner := self._camera_of(param.name)) is not None:
@@ -205,13 +212,14 @@ class SegmentationNode(LifecycleNode):
             for camera, updates in per_camera.items():
                 camera.road_grid.set_params(**updates)
                 self.get_logger().info(f"road parameters{' of ' + camera.name if camera.name else ''}: {updates}")
+            self._frame_settings = self._read_frame_settings({p.name: p.value for p in params})
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _change_state_request(self, handle, request: ChangeState.Request, response: ChangeState.Response):
         """~/change_state, refusing with a clear log line a transition the current state does not have
         (rclpy would raise inside the executor and take the process down)."""
-        state = self._state_machine.current_state[1]
-        possible = {t[0]: t[1] for t in self._state_machine.available_transitions}  # id -> label
+        state = current_state(self)
+        possible = available_transitions(self)  # id -> label
         wanted = request.transition.label or str(request.transition.id)
         if not (request.transition.label in possible.values() if request.transition.label
                 else request.transition.id in possible):
@@ -245,7 +253,9 @@ class SegmentationNode(LifecycleNode):
                                      lambda indices, exc: self._inference_failed([self.cameras[i] for i in indices],
                                                                                  exc))
         self._threads.start()
-        self._active = True
+        self._active.set()
+        if self.label_info_pub is not None:
+            self.label_info_pub.publish(label_info(self.segmenter.class_names, self.get_clock().now().to_msg()))
         self.get_logger().info("active: segmenting")
         return result
 
@@ -280,9 +290,13 @@ class SegmentationNode(LifecycleNode):
     def _stop_processing(self) -> None:
         """Stop taking frames, let the worker and publisher threads finish their frame, and count what
         was still pending as dropped."""
-        self._active = False
+        self._active.clear()
         if self._threads is not None:
-            self._threads.stop()
+            stuck = self._threads.stop(self.join_timeout)
+            if stuck:
+                self.get_logger().warning(
+                    f"{', '.join(stuck)} still busy with a frame {self.join_timeout:g} s after being asked to stop: "
+                    "that frame will not be published (the thread ends when its frame does)")
             self._threads = None
         self._discard_pending()
 
@@ -291,23 +305,30 @@ class SegmentationNode(LifecycleNode):
             self.cameras[index].stats.count("dropped")
 
     def _configure(self) -> None:
-        settings = read_startup(self, list(self._parameters))
+        settings = read_startup(self, self._declared_names())
+        for note in settings.notes:
+            self.get_logger().info(note)
         self.device, meta = settings.device, settings.meta
         self._declaring = True
         try:
             road = self._declare_for_configure("road_classes", list(meta.road_classes), descriptor(
                 "Classes that form `road_mask` (names from class_names); changeable at run time",
                 Parameter.Type.STRING_ARRAY))
+            ground = self._declare_for_configure("ground_classes", list(meta.ground), descriptor(
+                "Classes that lie on the ground plane (road, pavement, ...): ground points and semantic/* stop at "
+                "the first other class of each image column (default: the checkpoint's); changeable at run time",
+                Parameter.Type.STRING_ARRAY))
         finally:
             self._declaring = False
-        if problem := check_road_classes(road, meta.class_names):
-            raise ConfigError(f"parameter road_classes: {problem}")
+        for name, names in (("road_classes", road), ("ground_classes", ground)):
+            if problem := check_road_classes(names, meta.class_names):
+                raise ConfigError(f"parameter {name}: {problem}")
         configure_process(settings.threads or None, self.device)  # the node is the program: PyTorch's pool
         try:
             first = Segmenter.from_checkpoint(
                 settings.checkpoint, device=str(self.device), precision=settings.precision,
                 input_size=settings.input_size, backend=settings.backend, threads=settings.threads or None,
-                streams=settings.streams)
+                streams=settings.streams, tta=settings.tta)
             self._segmenters = [first] + [first.replica() for _ in range(settings.streams - 1)]
             for segmenter in self._segmenters:
                 segmenter.set_road_classes(road)
@@ -322,13 +343,16 @@ class SegmentationNode(LifecycleNode):
         self._declare_class_parameters()
         self.max_input_pixels, self.max_batch, self.pipelined = (settings.max_input_pixels, settings.max_batch,
                                                                  settings.pipelined)
-        self.overlay_alpha, self.health_limits = float(value(self, "overlay_alpha")), self._health_limits()
+        self.health_limits = self._health_limits()
         transport = settings.transport
         self._make_cameras(settings.cameras)
+        self._frame_settings = self._read_frame_settings()
         self._input_type = COMPRESSED_TYPE if transport == "compressed" else IMAGE_TYPE
         for camera in self.cameras:
             self._make_camera_entities(camera, transport)
+        self._make_node_entities(settings.cameras)
         self._mailboxes = CameraMailboxes(len(self.cameras))
+        self._gate.open()
         typestore()  # the message definitions are parsed here (~0.3 s), not when the first frame waits
         if direct_take.available():
             self._direct = DirectTake(self.context, [c.image_sub for c in self.cameras],
@@ -373,13 +397,13 @@ class SegmentationNode(LifecycleNode):
         top = {name: self.get_parameter(name).value for name in ROAD_GRID_DEFAULTS}
         for index, name in enumerate(names or [""]):
             prefix = f"{name}." if name else ""
-            before = set(self._parameters)
+            before = self._declared_names()
             self._declaring = True
             try:
                 values = declare_road_grid_parameters(self, prefix, top)
             finally:
                 self._declaring = False
-                self._configured_names += [n for n in self._parameters if n not in before]
+                self._configured_names += [n for n in self._declared_names() if n not in before]
             try:
                 road_grid = RoadGridBuilder(**values)
             except ValueError as exc:
@@ -404,19 +428,57 @@ class SegmentationNode(LifecycleNode):
             CameraInfo, camera.topic(topics.CAMERA_INFO), lambda msg, camera=camera: self.camera_info_callback(
                 msg, camera), input_qos(), qos_overriding_options=qos_options())
         self._subscriptions_made += [camera.image_sub, camera.camera_info_sub]
-        camera.output_pubs = {name: self.create_lifecycle_publisher(Image, camera.topic(name), output_qos(),
-                                                                    qos_overriding_options=qos_options())
-                              for name in topics.OUTPUTS}
-        # Road outputs for planners: the road mask refinement and its ground-plane grid (road_grid.py).
-        camera.road_grid_pub = self.create_lifecycle_publisher(OccupancyGrid, camera.topic(topics.ROAD_GRID),
-                                                               output_qos(), qos_overriding_options=qos_options())
+        def publisher(msg_type: Any, name: str, qos: Any = None, durability: bool = False) -> Any:
+            return self.create_lifecycle_publisher(msg_type, camera.topic(name), qos or output_qos(),
+                                                   qos_overriding_options=overridable(durability))
+
+        camera.output_pubs = {name: publisher(Image, name) for name in topics.OUTPUTS}
+        # Ground outputs for planners (outputs.py): the grid is map-like (transient local, as Nav2 subscribes).
+        camera.road_grid_pub = publisher(OccupancyGrid, topics.ROAD_GRID, map_qos(), durability=True)
+        camera.point_pubs = {name: publisher(PointCloud2, name) for name in topics.POINT_OUTPUTS}
+        camera.semantic_pubs = {name: publisher(Image, name) for name in topics.SEMANTIC_IMAGES}
+
+    def _make_node_entities(self, cameras: list[str]) -> None:
+        """The vehicle's fused road_grid (with cameras) and the class metadata (where vision_msgs exists)."""
+        if cameras:
+            top = RoadGridBuilder(**{n: self.get_parameter(n).value for n in ROAD_GRID_DEFAULTS}).params
+            pub = self.create_lifecycle_publisher(OccupancyGrid, topics.ROAD_GRID, map_qos(),
+                                                  qos_overriding_options=overridable(durability=True))
+            self.vehicle = VehicleGrid(cameras, top.geometry, top.grid_frame,
+                                       float(value(self, "fused_grid_max_age")), pub)
+        if label_info_available():
+            from vision_msgs.msg import LabelInfo
+
+            self.label_info_pub = self.create_lifecycle_publisher(LabelInfo, topics.LABEL_INFO, map_qos(),
+                                                                  qos_overriding_options=overridable(True))
+
+    def _declared_names(self) -> list[str]:
+        return list(self.list_parameters([], 0).names)
+
+    def _read_frame_settings(self, updates: dict[str, Any] | None = None) -> FrameSettings:
+        """The run-time parameters of the next frames (`updates`: values being set, not yet readable)."""
+        from msseg_core.ground.points import class_lut
+
+        get = lambda name: (updates or {}).get(name, value(self, name))  # noqa: E731
+        names = self.segmenter.class_names
+        ground = [names.index(n) for n in get("ground_classes")]
+        drivable = [names.index(n) for n in get("road_classes")]
+        return FrameSettings(float(get("overlay_alpha")), class_lut([*ground, *drivable]), class_lut(drivable),
+                             int(get("points_step")))
 
     def _release(self) -> None:
-        """Undo configure (also a failed one): entities, per-configuration parameters, the model."""
+        """Undo configure (also a failed one): entities, per-configuration parameters, the model. No frame
+        thread touches an entity from here on (the gate waits for one that is publishing right now)."""
+        while not self._gate.close(timeout=self.join_timeout):
+            self.get_logger().warning("a frame thread is still publishing; waiting before releasing its publishers")
         self._stop_direct_take()
         for camera in self.cameras:
             for pub in camera.publishers():
                 self.destroy_lifecycle_publisher(pub)
+        for pub in (self.vehicle.publisher if self.vehicle is not None else None, self.label_info_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self.vehicle = self.label_info_pub = None
         for sub in self._subscriptions_made:
             self.destroy_subscription(sub)
         if self.diagnostics_timer is not None:
@@ -462,7 +524,7 @@ class SegmentationNode(LifecycleNode):
         """Only store the serialized frame: the worker takes the newest one when it is free and
         deserializes it then, so a frame replaced before that costs no more than its bytes. Inactive:
         the frame is only counted as ignored."""
-        if not self._active:
+        if not self._active.is_set():
             camera.stats.count("ignored")
             return
         now = time.monotonic()
@@ -501,8 +563,8 @@ class SegmentationNode(LifecycleNode):
             camera = self.cameras[index]
             try:  # rgb8: a view of the deserialized message's buffer, no copy
                 header, rgb = decode_serialized(raw, self._input_type, self.max_input_pixels, copy=False)
-                wanted = [name for name, pub in camera.output_pubs.items() if pub.get_subscription_count() > 0]
-                grid_wanted = camera.road_grid_pub.get_subscription_count() > 0
+                with self._gate.held() as ok:
+                    want = wanted(camera, self.vehicle) if ok else None
             except ImageDecodeError as exc:
                 camera.stats.count("invalid", f"invalid frame: {exc}")
                 self.get_logger().warning(f"invalid frame dropped: {exc}", throttle_duration_sec=5.0)
@@ -512,15 +574,13 @@ class SegmentationNode(LifecycleNode):
                     return []
                 self._frame_failed(camera, exc)
                 continue
-            compute = set(wanted)
-            if grid_wanted or "road_mask" in compute:
-                compute.add("road_mask")
-                if camera.road_grid.params.road_min_confidence > 0:
-                    compute.add("confidence")  # the road threshold reads it; no second forward pass
-            if not compute:
+            if want is None:  # released under us: the node is deactivating
+                camera.stats.count("dropped")
+                continue
+            if not want.anything:
                 camera.stats.count("skipped")
                 continue
-            ready.append((camera, header, rgb, compute, wanted, grid_wanted, received_at))
+            ready.append((camera, header, rgb, want, received_at))
         if not ready:
             return []
         try:
@@ -534,35 +594,35 @@ class SegmentationNode(LifecycleNode):
             self._inference_failed([r[0] for r in ready], exc)
             return []
         network_s = time.monotonic() - t0
-        return [InferredFrame(camera, header, net, compute, wanted, grid, received_at, network_s, stream)
-                for (camera, header, _, compute, wanted, grid, received_at), net in zip(ready, nets, strict=True)]
+        return [InferredFrame(camera, header, net, want, received_at, network_s, stream)
+                for (camera, header, _, want, received_at), net in zip(ready, nets, strict=True)]
 
     def publish_frame(self, frame: InferredFrame) -> None:
-        """Postprocess, refine the road mask, then publish every wanted output (and the road grid) with
-        the input's header."""
-        camera, header = frame.camera, frame.header
-        with self._segment_lock:  # one consistent set of run-time parameters per frame
-            t0 = time.monotonic()
-            try:
-                result = self._segmenters[frame.stream].postprocess(frame.net, frame.compute,
-                                                                    overlay_alpha=self.overlay_alpha)
-            except Exception as exc:
-                self._inference_failed([camera], exc)
+        """Postprocess, refine the road mask, then publish every wanted output with the input's stamp.
+        The run-time parameters are read once (a snapshot), so streams post-process side by side."""
+        camera, header, want = frame.camera, frame.header, frame.wanted
+        with self._settings_lock:
+            settings, road_params = self._frame_settings, camera.road_grid.params
+        t0 = time.monotonic()
+        try:
+            result = self._segmenters[frame.stream].postprocess(frame.net, want.compute,
+                                                                overlay_alpha=settings.overlay_alpha)
+        except Exception as exc:
+            self._inference_failed([camera], exc)
+            return
+        inference_s = frame.network_s + time.monotonic() - t0
+        if "road_mask" in result:
+            result["road_mask"] = camera.road_grid.refine_with(road_params, result["road_mask"],
+                                                               result.get("confidence"))
+        with self._gate.held() as ok:
+            if not ok:  # the node released its publishers while this frame was in the network
+                camera.stats.count("dropped")
                 return
-            inference_s = frame.network_s + time.monotonic() - t0
-            if "road_mask" in result:
-                result["road_mask"] = camera.road_grid.refine(result["road_mask"], result.get("confidence"))
-        for name in frame.wanted:
-            camera.output_pubs[name].publish(encode_image(result[name], OUTPUT_ENCODINGS[name], header))
-        if frame.grid_wanted:
-            grid = camera.road_grid.compute(result["road_mask"], refined=True)
-            if grid is not None:
-                camera.road_grid_pub.publish(occupancy_grid(grid, header.stamp))
-            else:
-                reason = f"no road_grid: {camera.road_grid.camera_error or 'no CameraInfo yet'}"
-                camera.stats.count("no_road_grid", reason)
-                self.get_logger().warning(reason, throttle_duration_sec=5.0)
-        camera.stats.processed(frame.wanted, time.monotonic() - frame.received_at, inference_s)
+            published, problems = publish_frame_outputs(camera, header, result, want, settings, self.vehicle)
+        for problem in problems:
+            camera.stats.count("no_road_grid", problem)
+            self.get_logger().warning(problem, throttle_duration_sec=5.0)
+        camera.stats.processed(published, time.monotonic() - frame.received_at, inference_s)
 
     def _recover_from(self, exc: Exception) -> None:
         """After a CUDA out-of-memory error give the cached blocks back, so the next frame can fit."""
@@ -586,9 +646,10 @@ class SegmentationNode(LifecycleNode):
         last_t, last_processed = camera.diag_last
         rate = (c["processed"] - last_processed) / max(now - last_t, 1e-6)
         camera.diag_last = (now, c["processed"])
-        if self._active and not self.threads_alive():  # never expected: a thread died of something unforeseen
+        active = self._active.is_set()
+        if active and not self.threads_alive():  # never expected: a thread died of something unforeseen
             level, message = health.ERROR, "a processing thread stopped: frames are no longer segmented"
-        elif self._active:
+        elif active:
             level, message = health.assess(camera.stats.input_state(), problem, now=now,
                                            active_since=self._active_since, limits=self.health_limits,
                                            received=c["received"], rate_hz=rate)

@@ -93,12 +93,13 @@ def resolve_checkpoint(given: str | None) -> Path:
 def child_env(base: dict[str, str] | None = None) -> tuple[dict[str, str], str | None, str]:
     """Environment of the nodes: the Fast DDS profile (unless the user chose one), unbuffered output,
     and this package importable however it was installed."""
+    from msseg_ros.transport.graph import SOURCE_ROOT
     from msseg_ros.transport.qos import apply_fastdds_profile
 
     env = dict(os.environ if base is None else base)
     profile, how = apply_fastdds_profile(env)
     env["PYTHONUNBUFFERED"] = "1"
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(SOURCE_ROOT)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env, profile, how
 
@@ -113,6 +114,7 @@ class Collector:
     messages: list[tuple[str, int, bytes]] = field(default_factory=list)  # (topic, receive ns, raw CDR)
     frames: dict[int, dict[str, bytes]] = field(default_factory=dict)  # stamp -> output/input name -> raw
     done_at: dict[int, int] = field(default_factory=dict)  # stamp -> receive ns of its last output
+    grids: dict[int, bytes] = field(default_factory=dict)  # stamp -> road_grid (raw CDR)
     inputs: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
@@ -122,9 +124,12 @@ class Collector:
         with self._cond:
             self.messages.append((topic, now, raw))
             self._cond.notify_all()
-            if name in ("road_grid", "camera_info"):
+            if name == "camera_info":
                 return
             stamp = cdr_stamp(raw)
+            if name == "road_grid":
+                self.grids[stamp] = raw
+                return
             entry = self.frames.setdefault(stamp, {})
             entry[name] = raw
             if name == "image":
@@ -202,124 +207,124 @@ def _indented(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def run(args: argparse.Namespace, children: list[NodeProcess]) -> dict[str, Any]:
-    """Start the nodes (appended to `children`), collect --frames answered frames, ask the nodes to
-    stop (the caller waits for them, so results are written while they shut down); the collected data."""
-    import threading
+def check_input(args: argparse.Namespace) -> tuple[str, bool]:
+    """The camera node's own checks, here, so a bad --input fails before anything starts:
+    (description of the source, whether it has ground truth)."""
+    from msseg_ros.tools.sources import open_source
 
-    threading.Thread(target=_preload, name="preload", daemon=True).start()
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    meta = read_checkpoint_meta(checkpoint)
     synthetic = not args.input or args.input.strip() == "synthetic" or args.input.startswith("synthetic:")
     if not synthetic and not Path(args.input).expanduser().exists():
         raise DemoError(f"input {args.input!r} does not exist")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    env, profile, how = child_env()
-    for var in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):  # this process too
-        if env.get(var):
-            os.environ[var] = env[var]
-    _log(f"model {meta.get('model')} ({len(meta['class_names'])} classes) from {checkpoint}")
-    _log(f"Fast DDS profile: {profile} ({how})" if profile else "Fast DDS profile: none found (large frames may "
-                                                                "not arrive)")
-    _log(f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0 (default)')}")
-
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-    from msseg_ros.tools.sources import open_source
-    from msseg_ros.transport.graph import NodeProcess, PrivateContext, package_file, ros_arguments
-
-    # The camera node's own checks, here, so a bad --input fails before anything starts.
     try:
         with open_source(args.input, seed=args.seed, width=args.width, height=args.height,
                          image_topic=args.image_topic or None) as src:
-            source_desc, has_gt = src.describe(), src.has_labels
+            return src.describe(), src.has_labels
     except (ValueError, OSError) as exc:
         raise DemoError(f"cannot read --input: {exc}") from None
     except Exception as exc:  # rosbags' own errors for a damaged recording
         raise DemoError(f"cannot read --input {args.input}: {type(exc).__name__}: {exc}") from None
 
-    ros = PrivateContext("msseg_demo")
-    node = ros.node
-    col = Collector()
-    try:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from nav_msgs.msg import OccupancyGrid
-        from sensor_msgs.msg import CameraInfo, Image
 
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        subs = {topics.in_namespace(topics.NAMESPACE, o): (Image, o) for o in OUTPUTS}
-        subs.update({topics.CAMERA_IMAGE: (Image, "image"), topics.CAMERA_CAMERA_INFO: (CameraInfo, "camera_info"),
-                     topics.GROUND_TRUTH_LABELS: (Image, "ground_truth"),
-                     topics.in_namespace(topics.NAMESPACE, topics.ROAD_GRID): (OccupancyGrid, "road_grid")})
-        types, readers = {}, {}
-        for topic, (msg_type, name) in subs.items():
-            readers[name] = node.create_subscription(msg_type, topic, lambda raw, t=topic, n=name:
-                                                     col.on_message(t, n, raw), qos, raw=True)
-            types[topic] = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
-        diag: dict[str, str] = {}
+def mounting(args: argparse.Namespace) -> dict[str, float]:
+    """The camera's pose for the node's road grid: the synthetic street's own (its camera is pitched down
+    3 degrees at 1.5 m), else the params file's (a folder, video or bag: say so in the docs)."""
+    if args.input and not args.input.startswith("synthetic"):
+        return {}
+    from msseg_core.synthetic import scene_info
 
-        def on_diag(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                if "msseg" in status.name:
-                    diag.update({kv.key: kv.value for kv in status.values})
+    seed = int(args.input.split(":", 1)[1]) if args.input.startswith("synthetic:") else args.seed
+    pose = scene_info(seed).camera_pose()
+    return {"camera_height": float(pose.height), "camera_pitch": float(pose.pitch)}
 
-        node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diag, 10)
 
-        params_file = package_file("config/camvid.yaml")
-        camera_remaps = [(topics.IMAGE, topics.CAMERA_IMAGE), (topics.CAMERA_INFO, topics.CAMERA_CAMERA_INFO)]
-        node_args = ros_arguments(topics.NAMESPACE, camera_remaps,
-                                  {"checkpoint": checkpoint, "device": args.device, "precision": args.precision},
-                                  params_file=params_file)
-        _log(f"starting segmentation_node (loading the model) and the camera: {source_desc}")
-        t_start = time.monotonic()
-        process = {"env": env, "own_session": True, "die_with_parent": True}
-        seg = NodeProcess("segmentation_node", node_args, log_path=out / "node.log", **process)
-        children.append(seg)
-        # Started together (the camera waits until the node and we subscribe, so no frame is lost and
-        # both start-ups overlap).
-        cam_params: dict[str, Any] = {"rate": args.rate, "seed": args.seed, "width": args.width,
-                                      "height": args.height, "count": 0, "wait_for_subscribers": 2}
-        if args.input:
-            cam_params["source"] = args.input
-        if args.image_topic:
-            cam_params["image_topic"] = args.image_topic
-        cam_args = ros_arguments("/camera", [*camera_remaps, (topics.GROUND_TRUTH, topics.GROUND_TRUTH_LABELS)],
-                                 cam_params)
-        cam = NodeProcess("synthetic_camera", cam_args, log_path=out / "camera.log", **process)
-        children.append(cam)
+def subscribe_everything(node: Any, col: Collector) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """The demo's subscriptions (raw, for the bag): every output, the camera's image, camera_info and
+    ground truth, the road grid, and the node's diagnostics. (readers by name, types by topic, diagnostics)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import OccupancyGrid
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
 
-        def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-            deadline = time.monotonic() + timeout
-            while not cond():
-                col.wait(0.05)
-                for c in children:
-                    if not c.alive and (c is seg or c.returncode not in (0, None)):
-                        raise DemoError(f"{c.name} exited with status {c.returncode} while waiting for "
-                                        f"{what}; last lines of {c.log_path}:\n{_indented(c.tail(25))}")
-                if time.monotonic() > deadline:
-                    raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}; last lines of "
-                                    f"{seg.log_path}:\n{_indented(seg.tail(25))}")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    grid_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    subs = {topics.in_namespace(topics.NAMESPACE, o): (Image, o, qos) for o in OUTPUTS}
+    subs.update({topics.CAMERA_IMAGE: (Image, "image", qos),
+                 topics.CAMERA_CAMERA_INFO: (CameraInfo, "camera_info", qos),
+                 topics.GROUND_TRUTH_LABELS: (Image, "ground_truth", qos),
+                 topics.in_namespace(topics.NAMESPACE, topics.ROAD_GRID): (OccupancyGrid, "road_grid", grid_qos)})
+    types, readers = {}, {}
+    for topic, (msg_type, name, profile) in subs.items():
+        readers[name] = node.create_subscription(msg_type, topic, lambda raw, t=topic, n=name:
+                                                 col.on_message(t, n, raw), profile, raw=True)
+        types[topic] = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
+    diag: dict[str, str] = {}
 
-        # Up when our subscription to every output has matched the node's publisher (the node skips
-        # outputs nobody listens to; frames it answers before that are not counted).
-        def node_up() -> bool:
-            return all(readers[o].get_publisher_count() > 0 for o in OUTPUTS)
+    def on_diag(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if "msseg" in status.name:
+                diag.update({kv.key: kv.value for kv in status.values})
 
-        wait_until(node_up, args.timeout, "the segmentation node to come up")
-        _log(f"node up after {time.monotonic() - t_start:.1f} s")
-        wait_until(lambda: bool(col.complete()), args.timeout, "the first segmented frame")
-        t_first = time.monotonic()
-        _log(f"first frame answered after {t_first - t_start:.1f} s")
+    node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diag, 10)
+    return readers, types, diag
+
+
+def start_nodes(args: argparse.Namespace, checkpoint: Path, env: dict[str, str], out: Path,
+                children: list[NodeProcess]) -> tuple[NodeProcess, NodeProcess]:
+    """segmentation_node and the camera, started together (the camera waits until the node and the demo
+    subscribe, so no frame is lost and both start-ups overlap)."""
+    from msseg_ros.transport.graph import NodeProcess, package_file, ros_arguments
+
+    camera_remaps = [(topics.IMAGE, topics.CAMERA_IMAGE), (topics.CAMERA_INFO, topics.CAMERA_CAMERA_INFO)]
+    node_args = ros_arguments(topics.NAMESPACE, camera_remaps,
+                              {"checkpoint": checkpoint, "device": args.device, "precision": args.precision,
+                               **mounting(args)}, params_file=package_file("config/camvid.yaml"))
+    process = {"env": env, "own_session": True, "die_with_parent": True}
+    seg = NodeProcess("segmentation_node", node_args, log_path=out / "node.log", **process)
+    children.append(seg)
+    cam_params: dict[str, Any] = {"rate": args.rate, "seed": args.seed, "width": args.width,
+                                  "height": args.height, "count": 0, "wait_for_subscribers": 2}
+    if args.input:
+        cam_params["source"] = args.input
+    if args.image_topic:
+        cam_params["image_topic"] = args.image_topic
+    cam_args = ros_arguments("/camera", [*camera_remaps, (topics.GROUND_TRUTH, topics.GROUND_TRUTH_LABELS)],
+                             cam_params)
+    cam = NodeProcess("synthetic_camera", cam_args, log_path=out / "camera.log", **process)
+    children.append(cam)
+    return seg, cam
+
+
+class Waiter:
+    """Waits on the collector while watching the two processes, with one clear error for each way to fail."""
+
+    def __init__(self, col: Collector, seg: NodeProcess, cam: NodeProcess):
+        self.col, self.seg, self.cam = col, seg, cam
+
+    def until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            self.col.wait(0.05)
+            for c in (self.seg, self.cam):
+                if not c.alive and (c is self.seg or c.returncode not in (0, None)):
+                    raise DemoError(f"{c.name} exited with status {c.returncode} while waiting for "
+                                    f"{what}; last lines of {c.log_path}:\n{_indented(c.tail(25))}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}; last lines of "
+                                f"{self.seg.log_path}:\n{_indented(self.seg.tail(25))}")
+
+    def frames(self, wanted: int, rate: float) -> None:
+        """Until `wanted` frames are answered, the input ends, or the node stops answering."""
+        col, seg, cam = self.col, self.seg, self.cam
         last_report, last_count, last_change = 0, 0, time.monotonic()
-        while len(col.complete()) < args.frames:
+        while len(col.complete()) < wanted:
             col.wait(0.05)
             n = len(col.complete())
             if n != last_count:
                 last_count, last_change = n, time.monotonic()
             if n >= last_report + 10:
                 last_report = n - n % 10
-                _log(f"{n}/{args.frames} frames")
+                _log(f"{n}/{wanted} frames")
             if not seg.alive:
                 raise DemoError(f"segmentation_node exited with status {seg.returncode} after {n} frames; last "
                                 f"lines of {seg.log_path}:\n{_indented(seg.tail(25))}")
@@ -330,10 +335,43 @@ def run(args: argparse.Namespace, children: list[NodeProcess]) -> dict[str, Any]
                                     f"{cam.log_path}:\n{_indented(cam.tail(25))}")
                 if idle > 3.0:  # the input ended and the node has answered what it got
                     _log(f"input ended after {col.inputs} frames")
-                    break
-            elif idle > max(30.0, 10.0 / args.rate):
+                    return
+            elif idle > max(30.0, 10.0 / rate):
                 raise DemoError(f"no output for {idle:.0f} s after {n} frames; last lines of "
                                 f"{seg.log_path}:\n{_indented(seg.tail(25))}")
+
+
+def run(args: argparse.Namespace, children: list[NodeProcess], env: dict[str, str], profile: str | None
+        ) -> dict[str, Any]:
+    """Start the nodes (appended to `children`), collect --frames answered frames, ask the nodes to
+    stop (the caller waits for them, so results are written while they shut down); the collected data."""
+    threading.Thread(target=_preload, name="preload", daemon=True).start()
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    meta = read_checkpoint_meta(checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _log(f"model {meta.get('model')} ({len(meta['class_names'])} classes) from {checkpoint}")
+    source_desc, has_gt = check_input(args)
+
+    from msseg_ros.transport.graph import PrivateContext
+
+    ros = PrivateContext("msseg_demo")
+    col = Collector()
+    try:
+        readers, types, diag = subscribe_everything(ros.node, col)
+        _log(f"starting segmentation_node (loading the model) and the camera: {source_desc}")
+        t_start = time.monotonic()
+        seg, cam = start_nodes(args, checkpoint, env, out, children)
+        wait = Waiter(col, seg, cam)
+        # Up when our subscription to every output has matched the node's publisher (the node skips
+        # outputs nobody listens to; frames it answers before that are not counted).
+        wait.until(lambda: all(readers[o].get_publisher_count() > 0 for o in OUTPUTS), args.timeout,
+                   "the segmentation node to come up")
+        _log(f"node up after {time.monotonic() - t_start:.1f} s")
+        wait.until(lambda: bool(col.complete()), args.timeout, "the first segmented frame")
+        t_first = time.monotonic()
+        _log(f"first frame answered after {t_first - t_start:.1f} s")
+        wait.frames(args.frames, args.rate)
         t_end = time.monotonic()
         cam.interrupt()
         time.sleep(0.2)  # outputs still in flight (the summary uses the first --frames answered ones)
@@ -373,6 +411,7 @@ def summarize(result: dict[str, Any], frames: int) -> dict[str, Any]:
                                         "p50": percentile(lat_ms, 50), "p99": percentile(lat_ms, 99),
                                         "max": max(lat_ms) if lat_ms else float("nan")},
         "node_diagnostics": result["diagnostics"],
+        "planner": plan_summary(col, stamps),
     }
     gt_stamps = [s for s in stamps if "ground_truth" in col.frames[s]]
     from msseg_core.classes import CAMVID
@@ -430,6 +469,38 @@ def shorten_source(source: str, keep: int = 48) -> str:
     return ".../" + (tail or source[-(keep - 4):])
 
 
+def grid_and_path(raw: bytes) -> tuple[np.ndarray, Any]:
+    """A road_grid message as a bird's-eye picture with the ego vehicle and an A* path to the farthest free
+    cell of its lane (msseg_core.ground.planner: the consumer example), and that plan."""
+    from nav_msgs.msg import OccupancyGrid
+    from rclpy.serialization import deserialize_message
+
+    from msseg_core.ground.birdseye import draw_path, draw_vehicle, grid_to_image
+    from msseg_core.ground.planner import cell_of, plan_ahead
+
+    msg = deserialize_message(raw, OccupancyGrid)
+    cells = np.asarray(msg.data, np.int8).reshape(msg.info.height, msg.info.width)
+    origin = (msg.info.origin.position.x, msg.info.origin.position.y)
+    plan = plan_ahead(cells, msg.info.resolution, origin)
+    scale = 3
+    image = np.ascontiguousarray(grid_to_image(cells, scale))
+    ego = cell_of(0.0, 0.0, origin, msg.info.resolution)
+    ego = (min(max(ego[0], 0), cells.shape[0] - 1), min(max(ego[1], 0), cells.shape[1] - 1))
+    draw_vehicle(image, ego, cells.shape, scale)
+    draw_path(image, plan.path.cells, cells.shape, scale)
+    return image, plan
+
+
+def plan_summary(col: Collector, stamps: list[int]) -> dict[str, Any]:
+    """How the planner fared on the answered frames' road grids."""
+    plans = [grid_and_path(col.grids[s])[1] for s in stamps if s in col.grids]
+    if not plans:
+        return {"frames_with_road_grid": 0}
+    return {"frames_with_road_grid": len(plans), "paths_found": sum(p.path.found for p in plans),
+            "last": plans[-1].describe(), "mean_path_m": float(np.nanmean([p.length_m for p in plans]))
+            if any(p.path.found for p in plans) else None}
+
+
 def write_montage(result: dict[str, Any], summary: dict[str, Any], path: Path, rows: int) -> int:
     """A few answered frames side by side with what the node made of them, plus legend and numbers."""
     from matplotlib.patches import Patch
@@ -444,8 +515,10 @@ def write_montage(result: dict[str, Any], summary: dict[str, Any], path: Path, r
     picks = sorted({stamps[int(round(i))] for i in np.linspace(0, len(stamps) - 1, min(rows, len(stamps)))})
     palette = np.asarray(meta["palette"], np.uint8)
     has_gt = any("ground_truth" in col.frames[s] for s in picks)
+    has_grid = any(s in col.grids for s in picks)
     titles = ["Input"] + (["Ground truth"] if has_gt else []) + ["Colour mask", "Overlay",
                                                                    "Confidence (0 to 1)", "Road mask"]
+    titles += ["Road grid, path (A*)"] if has_grid else []
     first = _decode(col.frames[picks[0]]["image"])
     aspect = first.shape[1] / first.shape[0]
     cell_w = 2.6
@@ -473,7 +546,12 @@ def write_montage(result: dict[str, Any], summary: dict[str, Any], path: Path, r
         road = _decode(f["road_mask"]) > 0
         road_vis = (rgb * 0.45).astype(np.uint8)
         road_vis[road] = (0.35 * rgb[road] + 0.65 * np.array([40, 230, 90])).astype(np.uint8)
-        for c, img in enumerate(panels + [conf, road_vis]):
+        panels += [conf, road_vis]
+        plan = None
+        if has_grid:
+            bev, plan = grid_and_path(col.grids[s]) if s in col.grids else (np.full_like(rgb, 150), None)
+            panels.append(bev)
+        for c, img in enumerate(panels):
             ax = fig.add_subplot(grid[r, c])
             if titles[c].startswith("Confidence"):
                 ax.imshow(img, cmap="magma", vmin=0, vmax=255, interpolation="nearest")
@@ -489,6 +567,8 @@ def write_montage(result: dict[str, Any], summary: dict[str, Any], path: Path, r
             if c == 0:
                 lat = (col.done_at[s] - s) / 1e6
                 ax.set_ylabel(f"frame {stamps.index(s)}\nlatency {lat:.0f} ms", fontsize=8)
+            if titles[c].startswith("Road grid") and plan is not None:
+                ax.set_xlabel(plan.describe(), fontsize=7)
     lat = summary["latency_ms"]
     line = (f"msseg-demo: {summary['model']} on {shorten_source(str(result['source']))}  |  "
             f"{summary['frames_processed']} frames, {summary['rate_hz']:.1f} Hz, latency mean {lat['mean']:.0f} / "
@@ -532,6 +612,10 @@ def print_summary(summary: dict[str, Any], files: dict[str, str]) -> None:
         print(f"  per-class IoU     {ious}")
     else:
         print(f"  mIoU              n/a ({summary.get('metrics_note', '')})")
+    planner = summary.get("planner") or {}
+    if planner.get("frames_with_road_grid"):
+        print(f"  planner (A*)      paths on {planner['paths_found']} of {planner['frames_with_road_grid']} "
+              f"road grids; last frame: {planner['last']}")
     for name, where in files.items():
         print(f"  {name:<17} {where}")
 
@@ -547,9 +631,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even where started with SIGINT ignored
     children: list[NodeProcess] = []
+    env, profile, how = child_env()
+    for var in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):  # this process's context too
+        if env.get(var):
+            os.environ[var] = env[var]
+    _log(f"Fast DDS profile: {profile} ({how})" if profile else "Fast DDS profile: none found (large frames may "
+                                                                "not arrive)")
+    _log(f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0 (default)')}")
     try:
         t0 = time.monotonic()
-        result = run(args, children)
+        result = run(args, children, env, profile)
         summary = summarize(result, args.frames)
         if summary["frames_processed"] == 0:
             raise DemoError("no frame was answered on every output")

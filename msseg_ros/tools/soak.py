@@ -33,13 +33,17 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from msseg_core.io import write_text_atomic
 from msseg_ros.node.pipeline import COUNTERS, all_accounted
 from msseg_ros.transport import topics
+
+if TYPE_CHECKING:  # graph imports rclpy: the soak imports it only when it runs
+    from msseg_ros.transport.graph import NodeProcess
 
 ALL_OUTPUTS = topics.OUTPUTS
 
@@ -229,6 +233,20 @@ def _publish_at(client: SoakClient, rate: float, duration: float, stop: threadin
             last_purge = now
 
 
+@dataclass(frozen=True)
+class _Tally:
+    """Where the client's counts stood when the overload began: the report covers only what follows."""
+
+    counters: dict[str, int]
+    published: int
+    answered: int
+
+    @classmethod
+    def now(cls, client: SoakClient) -> _Tally:
+        counters = client.settled_counters()
+        return cls(counters, client.published, len(client.latencies))
+
+
 def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str = "", device: str = "cpu",
              backend: str = "auto", threads: int = 0, width: int = 480, height: int = 360,
              outputs: Sequence[str] = ALL_OUTPUTS, reliability: str = "best_effort", warmup: float | None = None,
@@ -255,23 +273,8 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
     try:
         node.wait_for_output("subscribed to", startup_timeout)
         client = SoakClient(namespace, outputs, reliability, width, height)
-        # Discovery both ways, then the node's rate in lock-step (first frames warm it up).
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.round_trip(timeout=1.0)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the node did not answer within 60 s") from None
-        times = [client.round_trip() for _ in range(5 + calibration_frames)][5:]
-        service = float(np.median(times))
-        # Pipelined, the node answers faster than in lock-step: its rate is what it sustains when fed
-        # twice the lock-step rate for a few seconds (the larger of the two).
-        n_lat, t_cal = len(client.latencies), time.monotonic()
-        _publish_at(client, 2.0 / service, calibration_s, threading.Event())
-        time.sleep(1.0)
-        sustained = (len(client.latencies) - n_lat) / (time.monotonic() - t_cal)
+        _await_first_answer(client, 60.0)
+        service, sustained = _measure_node_rate(client, calibration_frames, calibration_s)
         node_rate = max(1.0 / service, sustained)
         rate = rate_factor * node_rate
         report.update(service_time_ms=round(service * 1e3, 2), lockstep_rate_hz=round(1 / service, 2),
@@ -279,76 +282,140 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
                       input_rate_target_hz=round(rate, 2))
         log(f"node answers a frame in {service * 1e3:.1f} ms in lock-step ({1 / service:.1f} Hz) and sustains "
             f"{sustained:.1f} Hz; publishing at {rate:.1f} Hz ({rate_factor:g}x) for {duration:.0f} s")
-        before = client.settled_counters()
-        published_before, n_lat = client.published, len(client.latencies)
+        start = _Tally.now(client)
         memory = MemorySampler(node.pid)
-        stop = threading.Event()
-        t0 = time.monotonic()
-        publisher = threading.Thread(target=_publish_at, args=(client, rate, duration, stop), daemon=True)
-        publisher.start()
-        next_report = t0 + 30
-        while publisher.is_alive():
-            publisher.join(timeout=1.0)
-            if not node.alive:
-                stop.set()
-                raise RuntimeError(f"the node died during the soak:\n{node.output()[-3000:]}")
-            if time.monotonic() >= next_report:
-                next_report += 30
-                rss = memory.rss[-1][1] / 2**20 if memory.rss else float("nan")
-                log(f"  {time.monotonic() - t0:5.0f} s: published {client.published - published_before}, "
-                    f"answered {len(client.latencies) - n_lat}, node RSS {rss:.1f} MiB")
-        elapsed = time.monotonic() - t0
+        t0, elapsed = _overload(client, node, memory, rate, duration, start, log)
         time.sleep(2.0)  # the last frames in flight
         after = client.settled_counters()
         client.forget_older_than(0.0)
-        counts = {k: after[k] - before[k] for k in COUNTERS}
-        published = client.published - published_before
-        lat = [(t - t0, d) for t, d, _ in client.latencies[n_lat:]]
-        thirds = [[d for t, d in lat if k * elapsed / 3 <= t < (k + 1) * elapsed / 3] for k in range(3)]
+        traffic, lat = _traffic_report(client, start, after, t0, elapsed)
         memory.stop()
-        samples = [(t - t0, r) for t, r in memory.rss if t >= t0]
-        after_warm = [(t, r) for t, r in samples if t >= warmup]
-        base = [r for t, r in after_warm if t < warmup + 10] or [r for _, r in after_warm[:1]]
-        end = [r for t, r in after_warm if t >= after_warm[-1][0] - 10] if after_warm else []
-        baseline = float(np.mean(base)) if base else float("nan")
-        growth = 100.0 * (float(np.mean(end)) - baseline) / baseline if end else float("nan")
-        peak = 100.0 * (max(r for _, r in after_warm) - baseline) / baseline if after_warm else float("nan")
-        report.update(
-            elapsed_s=round(elapsed, 1), published=published, **counts,
-            lost_in_transport=published - counts["received"],
-            input_rate_achieved_hz=round(published / elapsed, 2),
-            processed_rate_hz=round(counts["processed"] / elapsed, 2),
-            overload_ratio=round(published / max(counts["processed"], 1), 2),
-            answered_frames=len(lat), incomplete_frames=client.incomplete,
-            rss_mib={"before_soak": round(samples[0][1] / 2**20, 1) if samples else None,
-                     "after_warmup": round(baseline / 2**20, 1),
-                     "end": round(float(np.mean(end)) / 2**20, 1) if end else None,
-                     "max": round(max(r for _, r in samples) / 2**20, 1) if samples else None,
-                     "growth_pct": round(growth, 2), "peak_growth_pct": round(peak, 2),
-                     "samples": [[round(t, 1), round(r / 2**20, 1)]
-                                 for t, r in samples[:: max(1, len(samples) // 60)]]},
-            latency_ms=_percentiles([d for _, d in lat]),
-            latency_p99_ms_by_third=[_percentiles(third).get("p99") for third in thirds],
-            node_latency_p99_ms=float(client.status.get("latency p99 ms", "nan")) if client.status else None,
-        )
+        report.update(**traffic, rss_mib=_memory_report(memory.rss, t0, warmup),
+                      **_latency_report(client, lat, elapsed))
     finally:
-        if memory is not None:
-            memory.stop()
-        if client is not None:
-            client.close()
-        report["node_exit_code"] = node.stop(timeout=20.0)
-        report["node_log_tail"] = node.output()[-1500:]
-        node.close()
-    checks = {
+        _shut_down(node, client, memory, report)
+    report["checks"] = _checks(report, max_growth, max_latency)
+    report["ok"] = all(report["checks"].values())
+    return report
+
+
+def _await_first_answer(client: SoakClient, timeout: float) -> None:
+    """Round trips of one frame until one is answered: discovery has matched both ways."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.round_trip(timeout=1.0)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the node did not answer within {timeout:g} s") from None
+
+
+def _measure_node_rate(client: SoakClient, calibration_frames: int, calibration_s: float) -> tuple[float, float]:
+    """(median lock-step service time in s, sustained pipelined rate in Hz) of the node.
+
+    The first 5 lock-step round trips only warm the node up. Pipelined, the node answers faster than
+    in lock-step: the sustained rate is what it answers when fed twice the lock-step rate for
+    `calibration_s` seconds; the soak takes the larger of the two as the node's rate."""
+    times = [client.round_trip() for _ in range(5 + calibration_frames)][5:]
+    service = float(np.median(times))
+    n_lat, t_cal = len(client.latencies), time.monotonic()
+    _publish_at(client, 2.0 / service, calibration_s, threading.Event())
+    time.sleep(1.0)
+    sustained = (len(client.latencies) - n_lat) / (time.monotonic() - t_cal)
+    return service, sustained
+
+
+def _overload(client: SoakClient, node: NodeProcess, memory: MemorySampler, rate: float, duration: float,
+              start: _Tally, log) -> tuple[float, float]:
+    """Publish at `rate` for `duration` s from a thread while this one watches that the node stays
+    alive and logs progress every 30 s; (start time, seconds it ran)."""
+    stop = threading.Event()
+    t0 = time.monotonic()
+    publisher = threading.Thread(target=_publish_at, args=(client, rate, duration, stop), daemon=True)
+    publisher.start()
+    next_report = t0 + 30
+    while publisher.is_alive():
+        publisher.join(timeout=1.0)
+        if not node.alive:
+            stop.set()
+            raise RuntimeError(f"the node died during the soak:\n{node.output()[-3000:]}")
+        if time.monotonic() >= next_report:
+            next_report += 30
+            rss = memory.rss[-1][1] / 2**20 if memory.rss else float("nan")
+            log(f"  {time.monotonic() - t0:5.0f} s: published {client.published - start.published}, "
+                f"answered {len(client.latencies) - start.answered}, node RSS {rss:.1f} MiB")
+    return t0, time.monotonic() - t0
+
+
+def _traffic_report(client: SoakClient, start: _Tally, after: dict[str, int], t0: float,
+                    elapsed: float) -> tuple[dict[str, Any], list[tuple[float, float]]]:
+    """The frame accounting of the overload phase, and its answered frames as (seconds after t0, latency)."""
+    counts = {k: after[k] - start.counters[k] for k in COUNTERS}
+    published = client.published - start.published
+    lat = [(t - t0, d) for t, d, _ in client.latencies[start.answered:]]
+    traffic = dict(
+        elapsed_s=round(elapsed, 1), published=published, **counts,
+        lost_in_transport=published - counts["received"],
+        input_rate_achieved_hz=round(published / elapsed, 2),
+        processed_rate_hz=round(counts["processed"] / elapsed, 2),
+        overload_ratio=round(published / max(counts["processed"], 1), 2),
+        answered_frames=len(lat), incomplete_frames=client.incomplete,
+    )
+    return traffic, lat
+
+
+def _memory_report(rss: list[tuple[float, int]], t0: float, warmup: float) -> dict[str, Any]:
+    """The node's resident memory during the overload (MiB). Growth compares the mean of the last 10 s
+    with the mean of the first 10 s after the warm-up, so start-up allocations do not count as a leak."""
+    samples = [(t - t0, r) for t, r in rss if t >= t0]
+    after_warm = [(t, r) for t, r in samples if t >= warmup]
+    base = [r for t, r in after_warm if t < warmup + 10] or [r for _, r in after_warm[:1]]
+    end = [r for t, r in after_warm if t >= after_warm[-1][0] - 10] if after_warm else []
+    baseline = float(np.mean(base)) if base else float("nan")
+    growth = 100.0 * (float(np.mean(end)) - baseline) / baseline if end else float("nan")
+    peak = 100.0 * (max(r for _, r in after_warm) - baseline) / baseline if after_warm else float("nan")
+    return {"before_soak": round(samples[0][1] / 2**20, 1) if samples else None,
+            "after_warmup": round(baseline / 2**20, 1),
+            "end": round(float(np.mean(end)) / 2**20, 1) if end else None,
+            "max": round(max(r for _, r in samples) / 2**20, 1) if samples else None,
+            "growth_pct": round(growth, 2), "peak_growth_pct": round(peak, 2),
+            "samples": [[round(t, 1), round(r / 2**20, 1)] for t, r in samples[:: max(1, len(samples) // 60)]]}
+
+
+def _latency_report(client: SoakClient, lat: list[tuple[float, float]], elapsed: float) -> dict[str, Any]:
+    """End-to-end latency percentiles of the answered frames, overall and per third of the run (a
+    trend shows up as rising thirds), and the node's own p99 from its diagnostics."""
+    thirds = [[d for t, d in lat if k * elapsed / 3 <= t < (k + 1) * elapsed / 3] for k in range(3)]
+    return dict(
+        latency_ms=_percentiles([d for _, d in lat]),
+        latency_p99_ms_by_third=[_percentiles(third).get("p99") for third in thirds],
+        node_latency_p99_ms=float(client.status.get("latency p99 ms", "nan")) if client.status else None,
+    )
+
+
+def _shut_down(node: NodeProcess, client: SoakClient | None, memory: MemorySampler | None,
+               report: dict[str, Any]) -> None:
+    """Stop sampling, leave the graph, then stop the node (SIGINT first): its exit code and log tail go
+    in the report, also when the soak failed."""
+    if memory is not None:
+        memory.stop()
+    if client is not None:
+        client.close()
+    report["node_exit_code"] = node.stop(timeout=20.0)
+    report["node_log_tail"] = node.output()[-1500:]
+    node.close()
+
+
+def _checks(report: dict[str, Any], max_growth: float, max_latency: float) -> dict[str, bool]:
+    """The pass/fail checks of the module docstring, from a finished report."""
+    return {
         "accounting": all_accounted(report) and report["invalid"] == report["errors"] == report["skipped"] == 0,
         "overloaded": report["dropped"] > 0,
         "memory": report["rss_mib"]["growth_pct"] < max_growth,
         "latency": report["latency_ms"].get("p99", float("inf")) < max_latency * 1e3,
         "clean_exit": report["node_exit_code"] == 0,
     }
-    report["checks"] = checks
-    report["ok"] = all(checks.values())
-    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

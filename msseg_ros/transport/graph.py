@@ -32,6 +32,8 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 PACKAGE = "msseg_ros"
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+"""The source tree's root (setup.py, config/, launch/) when running from a checkout."""
 EXIT_CONFIG_ERROR = 2
 SCRIPT_MODULES = {"segmentation_node": "msseg_ros.node.segmentation_node", "synthetic_camera": "msseg_ros.tools.camera",
                   "evaluator_node": "msseg_ros.tools.evaluator", "msseg-bag": "msseg_ros.bag",
@@ -81,7 +83,7 @@ def package_file(relative: str) -> Path | None:
             return path
     except (ImportError, LookupError, OSError):  # not installed with colcon, or no AMENT_PREFIX_PATH
         pass
-    path = Path(__file__).resolve().parent.parent / relative
+    path = SOURCE_ROOT / relative
     return path if path.is_file() else None
 
 

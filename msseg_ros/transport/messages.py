@@ -70,3 +70,66 @@ def occupancy_grid(grid: Any, stamp: Any) -> Any:
     msg.info.origin.orientation.w = 1.0
     msg.data = array.array("b", cells.tobytes())
     return msg
+
+
+POINT_DTYPE = np.dtype({"names": ["x", "y", "z", "class_id"], "formats": ["<f4", "<f4", "<f4", "u1"],
+                        "offsets": [0, 4, 8, 12], "itemsize": 16})
+"""One PointCloud2 point: x, y, z (float32, metres) and the class id (uint8), 16 bytes."""
+
+
+def point_cloud(xyz: np.ndarray, classes: np.ndarray, frame_id: str, stamp: Any) -> Any:
+    """A sensor_msgs/PointCloud2 of N x 3 points (height 1, dense) or of an organized rows x cols x 3 grid
+    of them (NaN = no point: not dense), with a `class_id` field; stamped with the image's stamp."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    xyz = np.asarray(xyz, dtype=np.float32)
+    organized = xyz.ndim == 3
+    rows, cols = xyz.shape[:2] if organized else (1, xyz.shape[0])
+    points = np.zeros(rows * cols, dtype=POINT_DTYPE)
+    flat = xyz.reshape(-1, 3)
+    points["x"], points["y"], points["z"] = flat[:, 0], flat[:, 1], flat[:, 2]
+    points["class_id"] = np.asarray(classes, dtype=np.uint8).reshape(-1)
+    msg = PointCloud2()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = rows, cols
+    msg.fields = [PointField(name=name, offset=POINT_DTYPE.fields[name][1], count=1,
+                             datatype=PointField.UINT8 if name == "class_id" else PointField.FLOAT32)
+                  for name in POINT_DTYPE.names]
+    msg.is_bigendian = False
+    msg.point_step = POINT_DTYPE.itemsize
+    msg.row_step = POINT_DTYPE.itemsize * cols
+    msg.is_dense = not organized or bool(np.isfinite(flat).all())
+    msg.data = array.array("B", points.tobytes())
+    return msg
+
+
+def cloud_points(msg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The x, y, z (rows x cols x 3 float32) and class ids of a cloud written by `point_cloud` (rclpy or
+    rosbags message): what a consumer reads back, for tests and tools."""
+    if int(msg.point_step) != POINT_DTYPE.itemsize or [f.name for f in msg.fields] != list(POINT_DTYPE.names):
+        raise ValueError("not an msseg ground-point cloud (fields x, y, z, class_id; 16-byte points)")
+    points = np.frombuffer(bytes(msg.data), dtype=POINT_DTYPE).reshape(int(msg.height), int(msg.width))
+    xyz = np.stack([points["x"], points["y"], points["z"]], axis=-1)
+    return xyz, points["class_id"].copy()
+
+
+def label_info_available() -> bool:
+    """Whether vision_msgs (LabelInfo) is importable: apt ROS 2 installs have it, the PyPI wheels do not."""
+    try:
+        importlib.import_module("vision_msgs.msg")
+    except ImportError:
+        return False
+    return True
+
+
+def label_info(class_names: list[str], stamp: Any, frame_id: str = "", threshold: float = 0.0) -> Any:
+    """vision_msgs/LabelInfo: class id i is class_names[i] (what the labels image's values mean)."""
+    from vision_msgs.msg import LabelInfo, VisionClass
+
+    msg = LabelInfo()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.class_map = [VisionClass(class_id=i, class_name=name) for i, name in enumerate(class_names)]
+    msg.threshold = float(threshold)
+    return msg

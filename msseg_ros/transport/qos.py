@@ -1,10 +1,15 @@
 """QoS profiles of the segmentation node and the Fast DDS profile that lets large frames through.
 
 Input: SensorDataQoS (best effort, keep last 5) so both reliable and best-effort cameras connect
-(a reliable subscriber would refuse a best-effort publisher). Outputs: reliable with a small depth,
-so reliable and best-effort subscribers both receive them and a slow subscriber holds at most two
-stale frames. Reliability and depth of every topic can be overridden at start-up through the
-standard `qos_overrides.<topic>.<publisher|subscription>.<policy>` parameters.
+(a reliable subscriber would refuse a best-effort publisher). Image and point outputs: reliable with a
+small depth, so reliable and best-effort subscribers both receive them and a slow subscriber holds at
+most two stale frames. Map-like outputs (road_grid, label_info): reliable and TRANSIENT LOCAL, depth 1,
+as Nav2's map consumers expect: KeepoutFilter/SpeedFilter subscribe to their mask reliable + transient
+local (hard-coded), StaticLayer transient local unless `map_subscribe_transient_local: false`; a
+transient-local publisher serves volatile subscribers too, and a late subscriber gets the latest grid at
+once. History, depth, reliability (and for map-like outputs durability) of every topic can be
+overridden at start-up through the standard `qos_overrides.<topic>.<publisher|subscription>.<policy>`
+parameters.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from pathlib import Path
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
+    QoSPolicyKind,
     QoSProfile,
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from msseg_ros.transport.graph import package_file
 
@@ -35,6 +42,21 @@ def output_qos() -> QoSProfile:
     """Reliable, keep last 2, volatile: reaches reliable and best-effort subscribers alike."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def map_qos() -> QoSProfile:
+    """Reliable, transient local, keep last 1: what Nav2's map-like subscribers ask for (module docstring)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def overridable(durability: bool = False) -> QoSOverridingOptions:
+    """Which policies `qos_overrides.*` parameters may change: history, depth, reliability, and
+    durability for the map-like outputs (a user may need volatile for an old consumer)."""
+    kinds = [QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY]
+    if durability:
+        kinds.append(QoSPolicyKind.DURABILITY)
+    return QoSOverridingOptions(policy_kinds=kinds)
 
 
 def diagnostics_qos() -> QoSProfile:

@@ -21,7 +21,15 @@ OUTPUT_ENCODINGS: dict[str, str] = {
     "road_mask": "mono8",  # 255 = road: road_classes, thresholded, cleaned, ego region (road_* parameters)
 }
 LABELS = "labels"
-ROAD_GRID = "road_grid"  # nav_msgs/OccupancyGrid out
+ROAD_GRID = "road_grid"  # nav_msgs/OccupancyGrid out: a camera's; with `cameras`, the node's own is the vehicle's
+OBSTACLE_POINTS = "obstacle_points"  # sensor_msgs/PointCloud2: where obstacles stand on the ground (marking)
+ROAD_POINTS = "road_points"  # PointCloud2: drivable ground in front of them (clearing)
+SEMANTIC_POINTS = "semantic/points"  # organized PointCloud2, pixel-aligned with the two below
+SEMANTIC_LABELS = "semantic/labels"  # mono8 class ids, sampled every points_step pixels
+SEMANTIC_CONFIDENCE = "semantic/confidence"  # mono8, same pixels
+POINT_OUTPUTS = (OBSTACLE_POINTS, ROAD_POINTS, SEMANTIC_POINTS)
+SEMANTIC_IMAGES = (SEMANTIC_LABELS, SEMANTIC_CONFIDENCE)
+LABEL_INFO = "label_info"  # vision_msgs/LabelInfo (where vision_msgs is installed), transient local
 DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray, absolute by ROS convention
 GROUND_TRUTH = "ground_truth/labels"  # mono8 ground truth: the camera node publishes it, the evaluator reads it
 
