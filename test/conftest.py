@@ -73,8 +73,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Segmenter and the trainer set torch's process-wide thread count (to every core by default);
-    every test starts from one thread, the fast setting on small shared machines."""
+    """The programs set torch's process-wide thread count (configure_process: every core by default), and
+    some tests run them in this process; every test starts from one thread, the fast setting on small
+    shared machines."""
     import torch
 
     torch.set_num_threads(1)

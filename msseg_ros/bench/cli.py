@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lockstep rows: labels (vs Segmenter.predict) and/or all five outputs (vs segment)")
     rate = n.add_argument_group("rate")
     rate.add_argument("--rate-outputs", default="labels,all",
-                      help="rows: labels (vs Segmenter.predict) and/or all five outputs (vs Segmenter.segment)")
+                      help="rows: labels (vs Segmenter.predict), all five outputs (vs Segmenter.segment), or "
+                           "outputs joined with '+', e.g. labels+road_mask (vs segment of those)")
     rate.add_argument("--phase-seconds", type=float, default=5.0, help="length of each bare / node phase")
     rate.add_argument("--rounds", type=int, default=3, help="bare / bare pipelined / node phases per row")
     rate.add_argument("--feed-factor", type=float, default=1.25,

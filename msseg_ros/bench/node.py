@@ -68,6 +68,16 @@ log = logging.getLogger(__name__)
 RATE_OUTPUTS = {"labels": ("labels",), "all": OUTPUTS}  # what the client subscribes to, per rate row
 
 
+def output_set(which: str) -> tuple[str, ...]:
+    """An --*-outputs name: labels, all, or outputs joined with '+' (labels+road_mask); KeyError if unknown."""
+    if which in RATE_OUTPUTS:
+        return RATE_OUTPUTS[which]
+    names = tuple(which.split("+"))
+    if not names or not set(names) <= set(OUTPUTS):
+        raise KeyError(which)
+    return names
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described in the module docstring; returns the report (kind 'node')."""
     modes = _modes(args)
@@ -120,10 +130,12 @@ def _modes(args: argparse.Namespace) -> list[str]:
     anything is started)."""
     modes = split_list(args.modes)
     asked = set(split_list(args.rate_outputs)) | set(split_list(args.lockstep_outputs))
-    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(asked - set(RATE_OUTPUTS))
+    known = {name for name in asked if name in RATE_OUTPUTS or set(name.split("+")) <= set(OUTPUTS)}
+    unknown = sorted(set(modes) - {"lockstep", "rate"}) + sorted(asked - known)
     if unknown or not modes:
         print(f"msseg-bench node: unknown --modes/--*-outputs {unknown or modes}; modes are lockstep, rate; "
-              f"rate outputs are {', '.join(RATE_OUTPUTS)}", file=sys.stderr)
+              f"output sets are {', '.join(RATE_OUTPUTS)} or outputs joined with '+' "
+              f"({', '.join(OUTPUTS)})", file=sys.stderr)
         raise SystemExit(2)
     return modes
 
@@ -171,7 +183,7 @@ def _lockstep_rows(args: argparse.Namespace, node: NodeEnds, echo: NodeEnds, bar
     yielded when done. Frame ids run on across rows: a late answer is never taken for a new frame's."""
     frame_id = 0
     for which in split_list(args.lockstep_outputs):
-        outputs = RATE_OUTPUTS[which]
+        outputs = output_set(which)
         node.subscribe_only(outputs, args.startup_timeout)
         echo.subscribe_only(outputs, args.startup_timeout)
         for size in parse_sizes(args.sizes):
@@ -188,7 +200,7 @@ def _lockstep_row(args: argparse.Namespace, node: NodeEnds, echo: NodeEnds, bare
 
     from msseg_ros.transport.image_codec import encode_image
 
-    outputs = RATE_OUTPUTS[which]
+    outputs = output_set(which)
     labels_only = outputs == ("labels",)
     frames = synthetic_frames(8, *size)
     node_t, bare_t, floor_t, lost = [], [], [], 0
@@ -282,7 +294,7 @@ class _RateBench:
         reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         rows = []
         for which in split_list(self.args.rate_outputs):
-            outputs = RATE_OUTPUTS[which]
+            outputs = output_set(which)
             subs = [self.client.create_subscription(Image, topics.in_namespace(self.namespace, name),
                                                     self._on_output(name), reliable, raw=True) for name in outputs]
             _wait_ready(self.rclpy, self.client, self.pub, subs, self.proc, self.args.startup_timeout)

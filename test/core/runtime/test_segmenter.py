@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from paths import REPO
 from tiny_model import TINY_INPUT_SIZE
 
 from msseg_core.runtime.postprocess import UPSAMPLE_MODES
@@ -129,10 +130,9 @@ def test_bf16_on_cpu_agrees_with_fp32(tiny_checkpoint):
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     """The README's Python block, run on the packaged model: what it promises comes back."""
     import re
-    from pathlib import Path
 
     monkeypatch.setenv("MSSEG_CACHE_DIR", str(tmp_path))  # backend 'auto' exports ONNX there, not in ~/.cache
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "Segmenter" in b]
     assert len(blocks) == 1, "the README has one Python example of Segmenter"
     rgb = frame(72, 96, seed=5)

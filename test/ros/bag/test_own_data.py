@@ -1,3 +1,4 @@
+
 """Your camera, your classes, end to end on data the test makes: synthetic street frames -> a rosbag2 ->
 `msseg-bag frames` (spacing, near-duplicates, manifest, pre-labels, every input encoding) -> labels in another
 class table (road / sidewalk / obstacle / other) -> `msseg-data check` -> a short fine-tune from the `camvid`
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers_ros import FAST_PARAMS, SegmentationClient, image_array, namespace, rgb_image
+from paths import REPO
 from rosbags.rosbag2 import Reader, Writer
 
 from msseg_core.checkpoint import load_meta
@@ -30,7 +32,6 @@ from msseg_ros.transport.messages import mono8_array, stamp_ns
 
 pytestmark = pytest.mark.ros
 
-REPO = Path(__file__).resolve().parents[1]
 H, W = 96, 128
 TRAIN_SEEDS, VAL_SEEDS = (3, 5, 8), (13, 21)  # streets: the val ones are held out
 PER_SEED = 6  # frames per street, 0.5 s apart in the drive (4 m at 8 m/s)

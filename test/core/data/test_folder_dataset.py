@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fake_datasets import fake_image, fake_street_label
+from paths import REPO
 from safetensors.torch import load_file
 
 from msseg_core.cli import data as data_cli
@@ -25,7 +26,6 @@ from msseg_core.training import network
 from msseg_core.training import train as train_mod
 from msseg_core.training.recipe import RecipeError, load_recipe, resolve_recipe
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = ["road", "sidewalk", "obstacle", "other"]
 PALETTE = [(128, 64, 128), (244, 35, 232), (220, 20, 60), (70, 70, 70)]
 EXTRA_OBSTACLE = (64, 0, 128)  # a second colour of 'obstacle' in colour labels (label_colors)

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from paths import REPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_model import write_tiny_checkpoint  # noqa: E402
@@ -21,7 +22,6 @@ from tiny_model import write_tiny_checkpoint  # noqa: E402
 from msseg_ros.transport import topics  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
 OUTPUT_TOPICS = [topics.in_namespace(topics.NAMESPACE, o) for o in topics.OUTPUTS]
 
 

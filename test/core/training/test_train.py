@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import REPO
 from safetensors.torch import load_file
 
 from msseg_core.cli import train as train_cli
@@ -21,7 +22,6 @@ from msseg_core.training.recipe import RecipeError, load_recipe, save_recipe
 from msseg_core.training.schedule import lr_factor, set_schedule_step
 from msseg_core.training.state import load_train_state, rng_state, save_train_state, set_rng_state
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "config" / "train").glob("*.yaml"))
 
 

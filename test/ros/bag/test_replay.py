@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import REPO
 
 from msseg_ros.bag.cli import parse_args
 from msseg_ros.bag.evaluate import evaluate_bag
@@ -20,7 +21,6 @@ from msseg_ros.transport.graph import NodeProcess
 
 pytestmark = pytest.mark.ros
 
-REPO = Path(__file__).resolve().parent.parent
 N_FRAMES = 4
 # The node and the offline reference must run the same backend ('auto' picks by timing).
 NODE_PARAMS = {"backend": "torch", "threads": 1}
