@@ -39,7 +39,7 @@ $(STAMP): requirements.txt requirements-ros.txt setup.py
 test: setup
 	$(PY) -m pytest -q test
 
-# msseg_core's quick tests, no ROS: an answer for a change to a model or a transform in a minute or two.
+# The quick tests that need no ROS (msseg_core, and the node's rclpy-free core): a few minutes.
 test-fast: setup
 	$(PY) -m pytest -q -m "not ros and not slow" test
 

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "outputs joined with '+', e.g. labels+road_mask (vs segment of those)")
     rate.add_argument("--phase-seconds", type=float, default=5.0, help="length of each bare / node phase")
     rate.add_argument("--rounds", type=int, default=3, help="bare / bare pipelined / node phases per row")
+    rate.add_argument("--feed-hz", type=float, default=0.0,
+                      help="feed the node at this rate (a camera's, e.g. 30) instead of --feed-factor x the bare rate")
     rate.add_argument("--feed-factor", type=float, default=1.25,
                       help="frames published per frame of the faster bare rate")
     cams = n.add_argument_group("cameras (instead of lockstep and rate)")

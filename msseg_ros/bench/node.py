@@ -22,7 +22,8 @@ rate      throughput, what a camera faster than the model gets. Phases of `--pha
           outputs); the bare Segmenter as the pipelined node runs it (one thread `run_network`,
           another `postprocess`, one-slot handoff); then the node fed at `--feed-factor` x the faster
           of the two bare rates (it keeps the newest frame, drops the rest) while this process counts
-          the frames whose every subscribed output came back.
+          the frames whose every subscribed output came back (`--feed-hz 30`: fed at a camera's rate
+          instead, to see whether the node keeps up with it).
           overhead_ratio = 1 - node rate / bare rate (the node against one
           thread calling the library); overhead_vs_pipelined = 1 - node rate / bare pipelined rate
           (what DDS and the node cost on top of the same two-thread pipeline). Frames are sent and
@@ -350,7 +351,7 @@ class _RateBench:
             t.bare_n, t.bare_s = t.bare_n + n, t.bare_s + secs
             n, secs = _pipelined_phase(self.bare, frames, outputs, args.phase_seconds)
             t.pipe_n, t.pipe_s = t.pipe_n + n, t.pipe_s + secs
-            feed_hz = args.feed_factor * max(t.bare_n / t.bare_s, t.pipe_n / t.pipe_s)
+            feed_hz = args.feed_hz or args.feed_factor * max(t.bare_n / t.bare_s, t.pipe_n / t.pipe_s)
             cpu0 = (thread_cpu_seconds(proc.pid), time.process_time())
             n, secs, sent = self._feed(msgs, feed_hz, args.phase_seconds, outputs)
             for key, used in thread_cpu_seconds(proc.pid).items():

@@ -301,3 +301,24 @@ def test_label_info_where_vision_msgs_exists(monkeypatch: pytest.MonkeyPatch) ->
     msg = messages.label_info(list(CAMVID.names), make_header("").stamp)
     assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(CAMVID.names))
     assert msg.threshold == 0.0
+
+
+def test_a_camera_that_sees_none_of_the_vehicle_grid_is_reported_not_fused() -> None:
+    """A rear camera mounted as if looking forward-down onto a grid that lies only behind the vehicle: no
+    cell of its view is in the grid, so it is a diagnostics problem naming it, and nothing is published."""
+    from types import SimpleNamespace
+
+    from msseg_ros.node.outputs import VehicleGrid
+    from msseg_ros.node.road_grid import GridGeometry
+
+    published: list[Any] = []
+    camera = SimpleNamespace(name="rear", road_grid=RoadGridBuilder(**MOUNT))
+    camera.road_grid.update_camera_info(camera_info(make_header("rear_optical")))
+    behind = GridGeometry(resolution=0.5, min_x=-20.0, length=-5.0, width=10.0)
+    vehicle = VehicleGrid(["rear"], behind, "base_footprint", 0.5, SimpleNamespace(publish=published.append))
+    done, problem = vehicle.add(camera, np.full((H, W), 255, np.uint8), make_header("rear_optical").stamp)
+    assert not done and not published and "camera rear sees no cell of the vehicle's road_grid" in problem
+    ahead = VehicleGrid(["rear"], GridGeometry(0.5, 0.0, 20.0, 10.0), "base_footprint", 0.5,
+                        SimpleNamespace(publish=published.append))
+    assert ahead.add(camera, np.full((H, W), 255, np.uint8), make_header("rear_optical").stamp) == (True, "")
+    assert len(published) == 1 and published[0].header.frame_id == "base_footprint"
