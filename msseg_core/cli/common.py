@@ -46,9 +46,21 @@ def add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: the usable cores)")
     p.add_argument("--tta", default="none", choices=("none", "flip"),
                    help="flip: also run the mirrored image and average the logits (as the node's tta)")
+    p.add_argument("--input-size", type=_size, default=None, metavar="HxW",
+                   help="network input size (default: the checkpoint's; as the node's input_height/width)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 540x720, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
+    return h, w
 
 
 def segmenter_options(args: argparse.Namespace) -> dict:
     """Segmenter.from_checkpoint's keywords from `add_segmenter_arguments`' options."""
     return {"device": args.device, "precision": args.precision, "backend": args.backend, "threads": args.threads,
-            "tta": args.tta}
+            "tta": args.tta, "input_size": args.input_size}

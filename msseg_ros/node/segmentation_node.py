@@ -615,7 +615,7 @@ class SegmentationNode(LifecycleNode):
             result["road_mask"] = camera.road_grid.refine_with(road_params, result["road_mask"],
                                                                result.get("confidence"))
         with self._gate.held() as ok:
-            if not ok:  # the node released its publishers while this frame was in the network
+            if not ok or self._threads is None:  # released, or deactivated, while this frame was in flight
                 camera.stats.count("dropped")
                 return
             published, problems = publish_frame_outputs(camera, header, result, want, settings, self.vehicle)

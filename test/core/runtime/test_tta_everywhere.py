@@ -42,6 +42,23 @@ def test_msseg_eval_takes_tta(data, tmp_path) -> None:
         main(["--checkpoint", str(ckpt), "--data-root", str(root), "--split", "val", "--tta", "rotate"])
 
 
+def test_msseg_eval_takes_the_network_input_size(data, tmp_path) -> None:
+    """--input-size as the node's input_height/width: the same confusion matrix as that Segmenter's."""
+    from msseg_core.cli.evaluate import main
+    from msseg_core.data import build_dataset
+    from msseg_core.evaluation.evaluate import evaluate_split
+
+    root, ckpt = data
+    out = tmp_path / "big.json"
+    assert main(["--checkpoint", str(ckpt), "--data-root", str(root), "--split", "val", "--json", str(out),
+                 "--backend", "torch", "--device", "cpu", "--threads", "1", "--input-size", "64x96", "--quiet"]) == 0
+    direct = evaluate_split(Segmenter.from_checkpoint(ckpt, input_size=(64, 96), **FAST),
+                            build_dataset("camvid", root, "val"))
+    assert json.loads(out.read_text())["confusion_matrix"] == direct.mat.tolist()
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), "--data-root", str(root), "--split", "val", "--input-size", "64by96"])
+
+
 def test_msseg_predict_takes_tta(data, tmp_path) -> None:
     import cv2
 
