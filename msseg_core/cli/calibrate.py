@@ -21,7 +21,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="msseg-calibrate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a zoo model or .safetensors checkpoint")
-    p.add_argument("--data-root", required=True, help="dataset root (e.g. ../shared/datasets/camvid)")
+    p.add_argument("--data-root", default=None, help="dataset root (e.g. ../shared/datasets/camvid)")
+    p.add_argument("--temperature-from", default=None, metavar="CHECKPOINT",
+                   help="fit nothing: take the temperature (and its figures) of this calibrated checkpoint, e.g. the "
+                        "train-only run of the recipe when --checkpoint trained on train+val and has no held-out split")
     p.add_argument("--split", default="val", help="held-out split to fit on (never the training split)")
     p.add_argument("--dataset", default=None, help="dataset loader (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="where to write the calibrated checkpoint (may be --checkpoint)")
@@ -32,7 +35,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pixels-per-image", type=int, default=20000, help="labelled pixels sampled per image for the fit")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.temperature_from and not args.data_root:
+        p.error("--data-root is required (or --temperature-from)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from msseg_core.runtime.segmenter import Segmenter
     from msseg_core.zoo import resolve_checkpoint
 
+    if args.temperature_from:
+        return _transfer(args)
     try:
         path = resolve_checkpoint(args.checkpoint)
         model, meta = load_checkpoint(path)
@@ -63,6 +71,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reliability diagram: {plot_reliability(result, args.png, title=f'{meta.model} on {args.split}')}")
     if args.json:
         write_json_atomic(args.json, summary)
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    """--temperature-from: the temperature of a calibrated sibling, its figures recorded with where they came
+    from (a model that trained on every labelled split has none left to fit on)."""
+    from msseg_core.checkpoint import CheckpointError, load_checkpoint, load_meta, save_checkpoint, stored_half
+    from msseg_core.zoo import resolve_checkpoint
+
+    try:
+        path, source = resolve_checkpoint(args.checkpoint), resolve_checkpoint(args.temperature_from)
+        model, meta = load_checkpoint(path)
+        donor = load_meta(source)
+        fitted = donor.metrics.get("calibration")
+        if not fitted or donor.temperature == 1.0:
+            raise ValueError(f"{source} is not calibrated (no fitted temperature): run msseg-calibrate on it first")
+    except (CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
+        print(f"msseg-calibrate: error: {exc}", file=sys.stderr)
+        return 2
+    meta.temperature = donor.temperature
+    meta.metrics = {**meta.metrics, "calibration": {**fitted, "transferred_from": str(source)}}
+    save_checkpoint(args.out, model, meta, half=args.half or stored_half(path))
+    print(f"temperature {donor.temperature:.3f} from {source} (fitted on its {fitted.get('split')}); wrote {args.out}")
     return 0
 
 

@@ -568,7 +568,8 @@ def write_montage(result: dict[str, Any], summary: dict[str, Any], path: Path, r
                 lat = (col.done_at[s] - s) / 1e6
                 ax.set_ylabel(f"frame {stamps.index(s)}\nlatency {lat:.0f} ms", fontsize=8)
             if titles[c].startswith("Road grid") and plan is not None:
-                ax.set_xlabel(plan.describe(), fontsize=7)
+                ax.text(0.5, 0.02, plan.describe(), transform=ax.transAxes, ha="center", va="bottom", fontsize=7,
+                        bbox={"facecolor": "white", "alpha": 0.8, "pad": 1.5, "linewidth": 0})
     lat = summary["latency_ms"]
     line = (f"msseg-demo: {summary['model']} on {shorten_source(str(result['source']))}  |  "
             f"{summary['frames_processed']} frames, {summary['rate_hz']:.1f} Hz, latency mean {lat['mean']:.0f} / "

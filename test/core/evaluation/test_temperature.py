@@ -94,3 +94,25 @@ def test_msseg_calibrate_writes_the_temperature_into_a_loadable_checkpoint(tmp_p
     halved, _ = load_checkpoint(small)
     for a, b in zip(halved.state_dict().values(), ref.state_dict().values(), strict=True):
         torch.testing.assert_close(a.float(), b.half().float())
+
+
+def test_msseg_calibrate_takes_the_temperature_of_the_train_only_sibling(tmp_path, tiny_checkpoint, capsys):
+    """A model trained on train+val has no held-out split left: it takes the temperature fitted for the
+    train-only run of its recipe, and its checkpoint says where that came from."""
+    from fake_datasets import write_fake_camvid
+
+    write_fake_camvid(tmp_path / "camvid", "val", n=3, size=(32, 48), seed=1)
+    fitted = tmp_path / "train_only.safetensors"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data-root", str(tmp_path / "camvid"), "--out", str(fitted),
+                 "--device", "cpu"]) == 0
+    out = tmp_path / "trainval.safetensors"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--temperature-from", str(fitted), "--out", str(out),
+                 "--half"]) == 0
+    meta, donor = load_meta(out), load_meta(fitted)
+    assert meta.temperature == donor.temperature != 1.0 and stored_half(out)
+    assert meta.metrics["calibration"] == {**donor.metrics["calibration"], "transferred_from": str(fitted)}
+    assert main(["--checkpoint", str(tiny_checkpoint), "--temperature-from", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "x.safetensors")]) == 2  # an uncalibrated donor
+    assert "not calibrated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tiny_checkpoint), "--out", str(out)])  # neither data nor a donor
