@@ -51,6 +51,14 @@ class CheckpointMeta:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def trained_on(self, split: str, dataset: str | None = None) -> bool:
+        """Whether `split` (of `dataset`, default the checkpoint's) was among the splits it trained on: a
+        'train+val' model's val score measures fit, not how it does on frames it never saw."""
+        if dataset and self.dataset and dataset != self.dataset:
+            return False
+        train = str(self.recipe.get("data", {}).get("train_split", ""))
+        return bool(train) and split in (s.strip() for s in train.split("+"))
+
     @property
     def ground(self) -> list[str]:
         """The classes that lie on the ground plane (the ground points of msseg_core.ground.points): as

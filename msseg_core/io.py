@@ -25,9 +25,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: s
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary shareable files
     try:
         write(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) replace the file: set the mode last
+        os.chmod(tmp, 0o666 & ~umask)
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -2,9 +2,10 @@
 
 | name          | tier                  | network                                                  | input   |
 |---------------|-----------------------|----------------------------------------------------------|---------|
-| `camvid`      | accurate (default)    | MSSANet decoder on ImageNet EfficientNet-Lite2           | 360x480 |
-| `camvid_fast` | fast (>= 50 FPS, CPU) | half-width MSSANet decoder on EfficientNet-Lite0, distilled | 144x192 |
+| `camvid`      | accurate (default)    | MSSANet decoder on ImageNet EfficientNet-Lite2           | 540x720 |
+| `camvid_fast` | fast (>= 50 FPS, CPU) | half-width MSSANet decoder on ImageNet EfficientNet-Lite0 | 192x256 |
 
+Both trained on CamVid train+val with a recipe and schedule chosen on train -> val (docs/models.md).
 Each file is an ordinary msseg checkpoint (weights + metadata, incl. the calibrated temperature); its
 model card (data, recipe, commands, scores, speed) is in docs/models.md.
 """
@@ -25,9 +26,9 @@ class ZooEntry:
 
 
 ZOO: dict[str, ZooEntry] = {
-    "camvid": ZooEntry("camvid.safetensors", "accurate: MSSANet decoder on ImageNet EfficientNet-Lite2, 360x480"),
+    "camvid": ZooEntry("camvid.safetensors", "accurate: MSSANet decoder on ImageNet EfficientNet-Lite2, 540x720"),
     "camvid_fast": ZooEntry("camvid_fast.safetensors",
-                            "fast: half-width MSSANet decoder on EfficientNet-Lite0, 144x192, distilled from camvid"),
+                            "fast: half-width MSSANet decoder on EfficientNet-Lite0, 192x256"),
 }
 DEFAULT_MODEL = "camvid"
 

@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = segmenter.class_names
     print(format_table(cm, names))
     result = report(cm, names, str(args.checkpoint))
+    if segmenter.meta.trained_on(args.split, dataset_name):
+        result["split_in_training"] = True
+        print(f"msseg-eval: note: {args.checkpoint} trained on {args.split!r} "
+              f"(train_split {segmenter.meta.recipe['data']['train_split']!r}): this score is not held out",
+              file=sys.stderr)
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     engines = [e for e in ("onnxruntime", "openvino") if engine_versions()[e]]
     rows = compare_on_split(args.checkpoint, out, args.data_root, args.eval_split, engines, args.threads,
-                            args.dataset)
+                            args.dataset, size)
     print(format_comparison(rows))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -138,10 +138,10 @@ def _quantize_onnxruntime(fp32: Path, inputs: list[np.ndarray], out: str, keep_f
         pre = Path(tmp) / "pre.onnx"
         # Shape inference and graph clean-up first (ORT's advice): it lets the quantiser fold BatchNorm
         # and place Q/DQ pairs so that ONNX Runtime fuses them into integer kernels.
-        cwd = os.getcwd()
+        cwd, source = os.getcwd(), Path(fp32).resolve()  # (a relative cache path would not survive the chdir)
         os.chdir(tmp)  # the pre-processor drops temporary files into the working directory
         try:
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
         finally:
             os.chdir(cwd)
         excluded = list(dict.fromkeys(input_convolutions(pre) + matching_nodes(pre, keep_fp32)))
@@ -266,8 +266,10 @@ def speed_only_int8(model: nn.Module, meta: CheckpointMeta, input_size: Sequence
 
 
 def compare_on_split(checkpoint: str, int8_path: Path, data_root: str, split: str, engines: Sequence[str],
-                     threads: int | None = None, dataset: str | None = None) -> dict:
-    """val mIoU and per-class IoU of fp32 (ONNX Runtime) and of the INT8 file in each engine."""
+                     threads: int | None = None, dataset: str | None = None,
+                     input_size: tuple[int, int] | None = None) -> dict:
+    """val mIoU and per-class IoU of fp32 (ONNX Runtime) and of the INT8 file in each engine, at the network
+    input the file was made for (`input_size`; default the checkpoint's)."""
     from msseg_core.data import build_dataset
     from msseg_core.evaluation.evaluate import evaluate_split
     from msseg_core.runtime.segmenter import Segmenter
@@ -277,7 +279,7 @@ def compare_on_split(checkpoint: str, int8_path: Path, data_root: str, split: st
     data = None
     for precision, engine, extra in configs:
         seg = Segmenter.from_checkpoint(checkpoint, device="cpu", precision=precision, backend=engine,
-                                        threads=threads, **extra)
+                                        threads=threads, input_size=input_size, **extra)
         data = data or build_dataset(dataset or seg.meta.dataset or "camvid", data_root, split)
         cm = evaluate_split(seg, data)
         rows[f"{engine} {precision}"] = {"miou": float(cm.miou), "per_class_iou": dict(zip(seg.class_names,

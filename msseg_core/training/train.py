@@ -286,6 +286,9 @@ def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.
         _say(ctx, quiet, f"warning: {out} has {LAST} but no {STATE} (killed during epoch 1's writes); starting over")
     elif resume:
         start, best, best_epoch, last_val = _restore(out, recipe, run, ctx, quiet)
+    if run.meta.trained_on(recipe.data.val_split):
+        _say(ctx, quiet, f"note: the val split {recipe.data.val_split!r} is part of the training split "
+                         f"{recipe.data.train_split!r}: its scores measure fit; choose on a train-only run")
     encoder = getattr(run.model, "encoder", None)
     model, frozen = None, None
     log = RunLog(out, recipe_yaml(recipe), start, enabled=ctx.is_main)

@@ -37,6 +37,20 @@ def test_saved_weights_equal_the_trained_ones(tmp_path, tiny_checkpoint):
         torch.testing.assert_close(a, b, msg=k)
 
 
+def test_a_saved_checkpoint_is_readable_by_other_users(tmp_path, tiny_checkpoint):
+    """An ordinary file (0644 under the usual umask), not the 0600 of the temporary file it was written to:
+    a model trained by one account is loaded by the robot's."""
+    import os
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "shared.safetensors", model, meta)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_half_precision_file_is_smaller_and_close(tmp_path, tiny_checkpoint):
     model, meta = load_checkpoint(tiny_checkpoint)
     half = save_checkpoint(tmp_path / "half.safetensors", model, meta, half=True)

@@ -11,7 +11,7 @@ from msseg_core.checkpoint import CheckpointError, load_meta, read_meta, stored_
 from msseg_core.classes import CAMVID
 
 # name -> network input (h, w), as docs/models.md states them
-EXPECTED_INPUT = {"camvid": [360, 480], "camvid_fast": [144, 192]}
+EXPECTED_INPUT = {"camvid": [540, 720], "camvid_fast": [192, 256]}
 
 
 def test_zoo_lists_both_tiers_and_the_default_is_the_accurate_one() -> None:
@@ -33,6 +33,10 @@ def test_zoo_checkpoint_is_packaged_calibrated_and_self_describing(name: str) ->
     assert meta.temperature != 1.0 and 0.2 < meta.temperature < 5.0
     calibration = meta.metrics["calibration"]
     assert calibration["split"] == "val" and calibration["ece_after"] < calibration["ece_before"]
+    # a model that trained on val cannot be calibrated on it: it carries its train-only sibling's temperature
+    if "val" in str(meta.recipe["data"]["train_split"]).split("+"):
+        assert calibration["transferred_from"] and calibration["temperature"] == pytest.approx(meta.temperature,
+                                                                                              abs=1e-3)
     assert stored_half(path)  # the zoo ships fp16 storage; inference runs fp32
 
 
@@ -53,7 +57,7 @@ def test_fast_zoo_model_segments_a_frame_by_name() -> None:
     from msseg_core.runtime.segmenter import Segmenter
 
     seg = Segmenter.from_checkpoint("camvid_fast", device="cpu", backend="torch")
-    assert seg.input_size == (144, 192)
+    assert list(seg.input_size) == EXPECTED_INPUT["camvid_fast"]
     assert seg.temperature == pytest.approx(load_meta(zoo.zoo_path("camvid_fast")).temperature)
     rgb = np.random.default_rng(0).integers(0, 255, (360, 480, 3), dtype=np.uint8)
     out = seg.segment(rgb, ["labels", "confidence"])

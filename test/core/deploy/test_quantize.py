@@ -149,6 +149,30 @@ def test_keep_fp32_leaves_the_named_layers_unquantised(quantized, data_root, tmp
                           "--out", str(tmp_path / "x.onnx"), "--keep-fp32", "no_such_layer"]) == 2
 
 
+def test_a_relative_export_cache_works(quantized, data_root, tmp_path, monkeypatch):
+    """MSSEG_CACHE_DIR=out/cache (relative, as BENCHMARKS.md's commands set it): the quantiser works in a
+    temporary folder for a moment, and must still find the fp32 export it made."""
+    ckpt, _ = quantized
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MSSEG_CACHE_DIR", "cache")
+    assert quantize_cli.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--frames", "3",
+                              "--out", "relative.int8.onnx"]) == 0
+    assert (tmp_path / "relative.int8.onnx").is_file() and any((tmp_path / "cache").glob("*.onnx"))
+
+
+def test_another_network_input_is_calibrated_and_scored_at_that_size(quantized, data_root, tmp_path):
+    """--height/--width make a file for another input (e.g. a zoo model run larger); --eval-split scores
+    fp32 and that file at the same size, not at the checkpoint's."""
+    ckpt, _ = quantized
+    out, report = tmp_path / "small.int8.onnx", tmp_path / "small.json"
+    assert quantize_cli.main(["--checkpoint", str(ckpt), "--data-root", str(data_root), "--frames", "3",
+                              "--height", "32", "--width", "48", "--out", str(out), "--eval-split", "val",
+                              "--max-drop", "100", "--threads", "1", "--json", str(report)]) == 0
+    assert artifacts.onnx_input_size(out) == (32, 48)
+    rows = json.loads(report.read_text())["results"]
+    assert set(rows) >= {"onnxruntime fp32", "onnxruntime int8"}
+
+
 def test_msseg_eval_scores_int8_in_each_cpu_engine(quantized, data_root, tmp_path, capsys):
     from msseg_core.cli.evaluate import main as eval_main
 

@@ -121,3 +121,27 @@ def test_cli_errors_are_one_clear_line(tmp_path, tiny_checkpoint, camvid_root, c
     assert main(["--checkpoint", str(tiny_checkpoint), "--split", "nosuchsplit", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("msseg-eval: error:") and "nosuchsplit" in err
+
+
+def test_a_score_on_a_split_the_model_trained_on_is_flagged(tmp_path, tiny_checkpoint, camvid_root, capsys):
+    """The zoo models train on train+val: msseg-eval on val says so (stderr and the JSON), since that score
+    measures fit; on a split it never saw, nothing is added."""
+    from msseg_core.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    meta.dataset = "camvid"
+    meta.recipe = {"data": {"train_split": "train+val", "val_split": "val"}}
+    both = save_checkpoint(tmp_path / "trainval.safetensors", model, meta)
+    assert meta.trained_on("val") and meta.trained_on("train") and not meta.trained_on("test")
+    assert not meta.trained_on("val", dataset="folder")  # another dataset's 'val' is other images
+    args = ["--data-root", str(camvid_root), "--split", "val", "--device", "cpu", "--backend", "torch",
+            "--threads", "1", "--quiet"]
+    capsys.readouterr()
+    assert main(["--checkpoint", str(both), "--json", str(tmp_path / "a.json"), *args]) == 0
+    assert "trained on 'val'" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a.json").read_text())["split_in_training"] is True
+    meta.recipe = {"data": {"train_split": "train", "val_split": "val"}}
+    only = save_checkpoint(tmp_path / "train.safetensors", model, meta)
+    assert main(["--checkpoint", str(only), "--json", str(tmp_path / "b.json"), *args]) == 0
+    assert "not held out" not in capsys.readouterr().err
+    assert "split_in_training" not in json.loads((tmp_path / "b.json").read_text())

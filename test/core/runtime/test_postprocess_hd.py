@@ -1,7 +1,7 @@
 """HD frames from a small network: upsample='boundary' against the exact path, the tensor operations the GPU
 runs against OpenCV's on the CPU, odd frame sizes, and no work for outputs nobody asked for.
 
-Realistic logits come from the shipped camvid_fast model (a 144x192 network input) on a synthetic street;
+Realistic logits come from the shipped camvid_fast model (a 192x256 network input) on a synthetic street;
 the tiny random model stands in where only shapes and agreement between paths matter.
 """
 
@@ -88,7 +88,9 @@ def test_boundary_labels_are_the_exact_labels_and_confidence_is_within_two_level
 @pytest.mark.parametrize("size", [(360, 480), (721, 1283), (144, 1001)])
 def test_tensor_path_gives_the_opencv_paths_outputs(fast, street, upsample, size):
     """The CPU device running the GPU's tensor code path (post_kernels='torch') against OpenCV on the
-    same network output: boundary upsampling agrees bit for bit (overlay: rounding of the blend)."""
+    same network output: boundary upsampling gives the same labels bit for bit. Confidence agrees but for
+    rounding: OpenCV's exp and torch's differ in the last bits, so a probability that sits on a half level
+    of 1/255 may round either way (overlay: rounding of the blend)."""
     cv, tensor = fast[(upsample, "opencv")], fast[(upsample, "torch")]
     assert cv.describe()["post_kernels"] == "opencv" and tensor.describe()["post_kernels"] == "torch"
     net = cv.run_network(enlarge(street, *size))
@@ -97,8 +99,10 @@ def test_tensor_path_gives_the_opencv_paths_outputs(fast, street, upsample, size
         assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
     assert np.abs(a["overlay"].astype(int) - b["overlay"]).max() <= 1
     if upsample == "boundary":
-        for key in ("labels", "color_mask", "road_mask", "confidence"):
+        for key in ("labels", "color_mask", "road_mask"):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        diff = np.abs(a["confidence"].astype(int) - b["confidence"])
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.9999
     else:
         assert (a["labels"] == b["labels"]).mean() >= 0.999
         same = a["labels"] == b["labels"]
@@ -209,7 +213,7 @@ def test_outputs_nobody_asked_for_are_never_computed(fast, street, monkeypatch, 
 
 
 def test_opencv_takes_the_exact_path_where_it_is_the_cheaper(street, monkeypatch):
-    """camvid_fast (11 classes, 144x192) at 360x480 is 69 network-size planes of class work: below
+    """camvid_fast (11 classes, 192x256) at 360x480 is 39 network-size planes of class work: below
     BOUNDARY_MIN_WORK, so the exact kernels run (the same labels, the exact confidence); at 720x1280 the
     boundary kernels do. The tensor path (GPU) follows the same rule."""
     seen = []
