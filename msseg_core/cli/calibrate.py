@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_process(getattr(args, "threads", None), getattr(args, "device", "cpu"))
-    from msseg_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, stored_half
+    from msseg_core.checkpoint import CheckpointError, load_checkpoint
     from msseg_core.data import build_dataset
     from msseg_core.io import write_json_atomic
     from msseg_core.runtime.segmenter import Segmenter
@@ -62,9 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"msseg-calibrate: error: {exc}", file=sys.stderr)
         return 2
     summary = {**result.summary(), "split": args.split, "checkpoint": str(path)}
-    meta.temperature = result.temperature
-    meta.metrics = {**meta.metrics, "calibration": summary}
-    save_checkpoint(args.out, model, meta, half=args.half or stored_half(path))
+    _save_calibrated(args, path, model, meta, result.temperature, summary)
     print(f"temperature {result.temperature:.3f}: ECE {100 * result.before.ece:.2f}% -> {100 * result.after.ece:.2f}% "
           f"on {summary['pixels_scored']} pixels of {args.split}; wrote {args.out}")
     if args.png:
@@ -74,10 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _save_calibrated(args: argparse.Namespace, path, model, meta, temperature: float, figures: dict) -> None:
+    """The checkpoint again with its temperature and the figures behind it (fp16 storage kept or asked)."""
+    from msseg_core.checkpoint import save_checkpoint, stored_half
+
+    meta.temperature = temperature
+    meta.metrics = {**meta.metrics, "calibration": figures}
+    save_checkpoint(args.out, model, meta, half=args.half or stored_half(path))
+
+
 def _transfer(args: argparse.Namespace) -> int:
     """--temperature-from: the temperature of a calibrated sibling, its figures recorded with where they came
     from (a model that trained on every labelled split has none left to fit on)."""
-    from msseg_core.checkpoint import CheckpointError, load_checkpoint, load_meta, save_checkpoint, stored_half
+    from msseg_core.checkpoint import CheckpointError, load_checkpoint, load_meta
     from msseg_core.zoo import resolve_checkpoint
 
     try:
@@ -90,9 +97,7 @@ def _transfer(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msseg-calibrate: error: {exc}", file=sys.stderr)
         return 2
-    meta.temperature = donor.temperature
-    meta.metrics = {**meta.metrics, "calibration": {**fitted, "transferred_from": str(source)}}
-    save_checkpoint(args.out, model, meta, half=args.half or stored_half(path))
+    _save_calibrated(args, path, model, meta, donor.temperature, {**fitted, "transferred_from": str(source)})
     print(f"temperature {donor.temperature:.3f} from {source} (fitted on its {fitted.get('split')}); wrote {args.out}")
     return 0
 

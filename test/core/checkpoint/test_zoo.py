@@ -34,7 +34,7 @@ def test_zoo_checkpoint_is_packaged_calibrated_and_self_describing(name: str) ->
     calibration = meta.metrics["calibration"]
     assert calibration["split"] == "val" and calibration["ece_after"] < calibration["ece_before"]
     # a model that trained on val cannot be calibrated on it: it carries its train-only sibling's temperature
-    if "val" in str(meta.recipe["data"]["train_split"]).split("+"):
+    if meta.trained_on("val"):
         assert calibration["transferred_from"] and calibration["temperature"] == pytest.approx(meta.temperature,
                                                                                               abs=1e-3)
     assert stored_half(path)  # the zoo ships fp16 storage; inference runs fp32
