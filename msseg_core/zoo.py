@@ -3,7 +3,7 @@
 | name          | tier                  | network                                                  | input   |
 |---------------|-----------------------|----------------------------------------------------------|---------|
 | `camvid`      | accurate (default)    | MSSANet decoder on ImageNet EfficientNet-Lite2           | 540x720 |
-| `camvid_fast` | fast (>= 50 FPS, CPU) | half-width MSSANet decoder on ImageNet EfficientNet-Lite0 | 192x256 |
+| `camvid_fast` | fast (>= 50 FPS, CPU) | half-width MSSANet decoder on ImageNet EfficientNet-Lite0 | 192x320 |
 
 Both trained on CamVid train+val with a recipe and schedule chosen on train -> val (docs/models.md).
 Each file is an ordinary msseg checkpoint (weights + metadata, incl. the calibrated temperature); its
@@ -28,7 +28,7 @@ class ZooEntry:
 ZOO: dict[str, ZooEntry] = {
     "camvid": ZooEntry("camvid.safetensors", "accurate: MSSANet decoder on ImageNet EfficientNet-Lite2, 540x720"),
     "camvid_fast": ZooEntry("camvid_fast.safetensors",
-                            "fast: half-width MSSANet decoder on EfficientNet-Lite0, 192x256"),
+                            "fast: half-width MSSANet decoder on EfficientNet-Lite0, 192x320"),
 }
 DEFAULT_MODEL = "camvid"
 

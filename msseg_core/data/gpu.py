@@ -158,12 +158,14 @@ class GpuResidentData:
     def batches(self, batch_size: int, crop_size: Sequence[int] | None = None,
                 scale_range: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5,
                 photometric: bool | float = True, generator: torch.Generator | None = None,
-                drop_last: bool = False, rare_crop_prob: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, rare_crop_prob: float = 0.0,
+                stretch: float = 1.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (float32 B,3,h,w normalised images, int64 B,h,w masks[, float32 B,C,h,w teacher
         logits when `set_soft_targets` was called]) on the device; advances the epoch so the next call
         shuffles differently. Random parameters come from `generator` (default: one
         seeded with seed, epoch and rank, so runs repeat). `rare_crop_prob`: the fraction of crops placed
-        around a pixel of a rare class (`set_rare_classes`), the class drawn uniformly among those in the image."""
+        around a pixel of a rare class (`set_rare_classes`), the class drawn uniformly among those in the image.
+        `stretch`: an extra horizontal factor on every crop's scale (see `RandomScale`)."""
         if rare_crop_prob > 0 and not self._rare:
             raise ValueError("rare_crop_prob needs set_rare_classes() first")
         if batch_size < 1:
@@ -178,12 +180,15 @@ class GpuResidentData:
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < lo <= hi, got {scale_range}")
+        if not stretch > 0:
+            raise ValueError(f"stretch must be > 0, got {stretch}")
 
         def gen() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             stop = len(order) - (len(order) % batch_size if drop_last else 0)
             for start in range(0, stop, batch_size):
                 idx = order[start:start + batch_size]
-                yield self._augment(idx.to(self.device), (ch, cw), (lo, hi), hflip, jitter, generator, rare_crop_prob)
+                yield self._augment(idx.to(self.device), (ch, cw), (lo, hi), hflip, jitter, generator, rare_crop_prob,
+                                    stretch)
 
         return gen()
 
@@ -192,14 +197,14 @@ class GpuResidentData:
 
     def _augment(self, idx: torch.Tensor, crop: tuple[int, int], scale_range: tuple[float, float],
                  hflip: float, jitter: float, g: torch.Generator,
-                 rare_crop_prob: float = 0.0) -> tuple[torch.Tensor, ...]:
+                 rare_crop_prob: float = 0.0, stretch: float = 1.0) -> tuple[torch.Tensor, ...]:
         b = idx.numel()
         h, w = self.size
         ch, cw = crop
         dev = self.device
         lo, hi = scale_range
         scale = lo + (hi - lo) * self._rand(b, g)
-        sh, sw = (h * scale).round().clamp(min=1), (w * scale).round().clamp(min=1)  # scaled size
+        sh, sw = (h * scale).round().clamp(min=1), (w * scale * stretch).round().clamp(min=1)  # scaled size
 
         # Crop offset in the scaled image, integer like RandomCrop: inside it when it is larger than the crop,
         # else the image lands at a random place inside the crop (the rest is padding).

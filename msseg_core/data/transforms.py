@@ -48,21 +48,28 @@ def to_tv_tensors(image: np.ndarray | torch.Tensor,
 
 
 class RandomScale(v2.Transform):
-    """Resize image and mask by one factor drawn uniformly from `scale_range` (relative to the input size);
-    the Mask goes through v2's mask kernel, i.e. NEAREST."""
+    """Resize image and mask by one factor drawn uniformly from `scale_range` (relative to the input size),
+    times `stretch` horizontally; the Mask goes through v2's mask kernel, i.e. NEAREST.
 
-    def __init__(self, scale_range: tuple[float, float]):
+    `stretch` != 1 is for a network whose input has another aspect ratio than the frames (192x320 for
+    360x480 frames: 1.25): inference squeezes every object by that much, so training shows them squeezed too.
+    """
+
+    def __init__(self, scale_range: tuple[float, float], stretch: float = 1.0):
         super().__init__()
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < lo <= hi, got {scale_range}")
+        if not stretch > 0:
+            raise ValueError(f"stretch must be > 0, got {stretch}")
         self.scale_range = (float(lo), float(hi))
+        self.stretch = float(stretch)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = next(x.shape[-2:] for x in flat_inputs if isinstance(x, tv_tensors.Image | tv_tensors.Mask))
         lo, hi = self.scale_range
         s = lo + (hi - lo) * float(torch.rand(()))
-        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+        return {"size": [max(1, round(h * s)), max(1, round(w * s * self.stretch))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, tv_tensors.Image | tv_tensors.Mask):
@@ -76,8 +83,8 @@ def _to_dtype() -> v2.ToDtype:
 
 
 class TrainTransform:
-    """Training augmentation: random scale, crop (padding image 0 and mask 255), horizontal flip and
-    brightness/contrast/saturation jitter, then ImageNet normalisation.
+    """Training augmentation: random scale (`stretch`: see `RandomScale`), crop (padding image 0 and mask
+    255), horizontal flip and brightness/contrast/saturation jitter, then ImageNet normalisation.
 
     Random draws use torch's global RNG (seed it, or per DataLoader worker, for reproducibility).
     `photometric` is True/False or the jitter strength (True = 0.25).
@@ -85,13 +92,13 @@ class TrainTransform:
 
     def __init__(self, crop_size: int | Sequence[int] = (360, 480), scale_range: tuple[float, float] = (0.5, 2.0),
                  hflip: float = 0.5, photometric: bool | float = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, stretch: float = 1.0):
         self.crop_size = _pair(crop_size)
         self.scale_range = scale_range
         self.hflip = float(hflip)
         jitter = DEFAULT_JITTER if photometric is True else float(photometric or 0.0)
         steps: list[v2.Transform] = [
-            RandomScale(scale_range),
+            RandomScale(scale_range, stretch),
             v2.RandomCrop(self.crop_size, pad_if_needed=True,
                           fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
         ]

@@ -133,14 +133,18 @@ class EfficientNetLite(nn.Module):
             if s in FEATURE_STAGES:
                 self._taps.append(len(blocks) - 1)
                 channels.append(cout)
+            if s == 0:
+                self._stride2_tap, self.stride2_channels = len(blocks) - 1, cout
         self.blocks = nn.ModuleList(blocks)
         self.channels: tuple[int, ...] = tuple(channels)
         self.strides = (4, 8, 16, 32)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, stride2: bool = False) -> list[torch.Tensor]:
+        """Features at strides 4, 8, 16, 32; with `stride2`, the first stage's output (stride 2,
+        `stride2_channels`) comes first, for a decoder that resolves thin objects below a stride-4 cell."""
         x = self.stem(x)
         feats = []
-        taps = iter(self._taps)
+        taps = iter(([self._stride2_tap] if stride2 else []) + self._taps)
         tap = next(taps)
         for i, block in enumerate(self.blocks):
             x = block(x)

@@ -36,7 +36,8 @@ class TrainBatches:
             from msseg_core.data.transforms import TrainTransform
 
             transform = TrainTransform(crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
-                                       hflip=0.5 if d.hflip else 0.0, photometric=d.photometric, mean=d.mean, std=d.std)
+                                       hflip=0.5 if d.hflip else 0.0, photometric=d.photometric, mean=d.mean, std=d.std,
+                                       stretch=d.stretch)
             ds = build_dataset(d.dataset, d.root, d.train_split, transform=transform)
             self.generator = torch.Generator()
             if ctx.enabled:
@@ -74,7 +75,7 @@ class TrainBatches:
             yield from self.source.batches(bs, crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
                                            hflip=0.5 if d.hflip else 0.0, photometric=d.photometric,
                                            generator=generator, drop_last=self.drop_last,
-                                           rare_crop_prob=d.rare_crop_prob)
+                                           rare_crop_prob=d.rare_crop_prob, stretch=d.stretch)
             return
         if self.ctx.enabled:
             self.sampler.set_epoch(epoch)

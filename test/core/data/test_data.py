@@ -330,6 +330,26 @@ def test_train_transform_flip_is_joint():
     np.testing.assert_allclose(denormalise(img.unsqueeze(0))[0], image[:, ::-1], atol=1e-3)
 
 
+@pytest.mark.parametrize("pipeline", ["transform", "gpu_resident"])
+def test_stretch_widens_crops_as_the_network_input_squeezes_frames(pipeline):
+    """A 192x320 network input on 360x480 frames draws objects 1.25x wider than tall: `stretch` trains on that
+    shape. At scale 1 and stretch 2 every label column appears twice, and rows are untouched, in both pipelines."""
+    image, label = coded_pair()
+    h, w = label.shape
+    if pipeline == "transform":
+        t = TrainTransform(crop_size=(h, 2 * w), scale_range=(1.0, 1.0), hflip=0.0, photometric=False, stretch=2.0)
+        img, mask = t(image, label)
+    else:
+        data = GpuResidentData(_Coded(1), "cpu")
+        img, mask = next(data.batches(1, crop_size=(h, 2 * w), scale_range=(1.0, 1.0), hflip=0.0,
+                                      photometric=False, stretch=2.0))
+        img, mask = img[0], mask[0]
+    np.testing.assert_array_equal(mask.numpy(), np.repeat(label, 2, axis=1))
+    assert agreement(img, mask) > 0.95
+    with pytest.raises(ValueError, match="stretch"):
+        TrainTransform(stretch=0.0)
+
+
 def test_dataset_with_transform(tmp_path):
     ds = build_dataset("camvid", write_fake_camvid(tmp_path, "train", n=2), "train",
                        transform=TrainTransform(crop_size=(32, 32)))

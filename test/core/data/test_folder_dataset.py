@@ -315,6 +315,35 @@ def test_init_from_another_architecture_is_one_line_and_writes_nothing(folder, t
         resolve_recipe(load_recipe(config, ["model.init_from=nope"]))
 
 
+def test_init_fresh_grows_a_trained_network_by_a_refinement_level(folder, tmp_path):
+    """decoder_stride 4 -> 2 adds the stride-2 refiner: refused as another architecture unless
+    `model.init_fresh` names it; then every other tensor comes from the checkpoint, and the grown network
+    predicts exactly what the trained one did (the refiner's correction starts at zero) until training
+    moves it."""
+    from tiny_model import write_tiny_checkpoint
+
+    from msseg_core.checkpoint import load_checkpoint
+
+    lite = {"encoder": "efficientnet_lite0", "decoder_width": 0.25}
+    ckpt = write_tiny_checkpoint(tmp_path / "lite.safetensors", **lite)
+    config = REPO / "config/train/folder_finetune_cpu.yaml"
+    base = [f"model.init_from={ckpt}", f"data.root={folder}", "model.args.decoder_stride=2"]
+    with pytest.raises(RecipeError, match="another architecture"):
+        network.build_network(load_recipe(config, base), 11)
+    lines: list[str] = []
+    net = network.build_network(load_recipe(config, [*base, "model.init_fresh=[refine]"]), 11, log=lines.append)
+    trained = load_file(str(ckpt))
+    state = net.state_dict()
+    own = [k for k in state if k.startswith("refine.")]
+    assert own and all(torch.equal(v, trained[k]) for k, v in state.items() if k not in own)
+    assert lines == [f"init from {ckpt}: {len(state) - len(own)} of {len(state)} tensors kept; {len(own)} under "
+                     f"model.init_fresh (refine) start from their own initialisation"]
+    original, _ = load_checkpoint(ckpt)
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), original.float().eval()(x))
+
+
 class Interrupt(Exception):
     """Stands in for a SIGKILL right after an epoch's files."""
 

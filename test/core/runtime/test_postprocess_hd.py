@@ -1,7 +1,7 @@
 """HD frames from a small network: upsample='boundary' against the exact path, the tensor operations the GPU
 runs against OpenCV's on the CPU, odd frame sizes, and no work for outputs nobody asked for.
 
-Realistic logits come from the shipped camvid_fast model (a 192x256 network input) on a synthetic street;
+Realistic logits come from the shipped camvid_fast model (a 192x320 network input) on a synthetic street;
 the tiny random model stands in where only shapes and agreement between paths matter.
 """
 
@@ -213,7 +213,7 @@ def test_outputs_nobody_asked_for_are_never_computed(fast, street, monkeypatch, 
 
 
 def test_opencv_takes_the_exact_path_where_it_is_the_cheaper(street, monkeypatch):
-    """camvid_fast (11 classes, 192x256) at 360x480 is 39 network-size planes of class work: below
+    """camvid_fast (11 classes, 192x320) at 360x480 is 31 network-size planes of class work: below
     BOUNDARY_MIN_WORK, so the exact kernels run (the same labels, the exact confidence); at 720x1280 the
     boundary kernels do. The tensor path (GPU) follows the same rule."""
     seen = []

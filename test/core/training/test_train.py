@@ -45,6 +45,7 @@ def test_overrides_are_typed_and_nested():
     ("data.crop_size=big", "data.crop_size expects a list"),
     ("data.crop_size=[1, x]", "data.crop_size[1] expects an integer"),
     ("data.crop_size=[1, 2, 3]", "data.crop_size must be [height, width]"),
+    ("data.stretch=0", "data.stretch must be > 0"),
     ("optim.name=rmsprop", "optim.name must be one of adam, adamw, sgd"),
     ("model.args=3", "model.args expects a mapping"),
     ("train=3", "'train' is a section"),
