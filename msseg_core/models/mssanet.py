@@ -258,7 +258,6 @@ class EncoderMSSANet(nn.Module):
         if decoder_stride not in (2, 4) or isinstance(decoder_stride, bool):
             raise ValueError(f"decoder_stride must be 2 or 4, got {decoder_stride!r}")
         self.fusion = fusion
-        self.decoder_stride = decoder_stride
         self.encoder = build_encoder(encoder)
         c4, c8, c16, c32 = self.encoder.channels
         d32, d16, d8, d4 = (scale_channels(c, decoder_width) for c in DECODER_CHANNELS)

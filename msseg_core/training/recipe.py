@@ -39,7 +39,7 @@ class ModelConfig:
     #                      the classifier only)
     init_fresh: list[str] = field(default_factory=list)  # name prefixes of tensors that start from their own
     #                       initialisation instead of init_from's (a layer the recipe's network adds or reshapes,
-    #                       e.g. ["fuses.3", "ups.3", "score", "upscore"] for decoder_stride 4 -> 2)
+    #                       e.g. [refine] for mssanet's decoder_stride 4 -> 2)
 
 
 @dataclass
