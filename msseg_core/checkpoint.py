@@ -19,6 +19,7 @@ from torch import nn
 
 from msseg_core.io import atomic_write
 from msseg_core.models import build_model
+from msseg_core.splits import splits_overlap
 
 FORMAT = "msseg-checkpoint/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,12 +53,13 @@ class CheckpointMeta:
         return len(self.class_names)
 
     def trained_on(self, split: str, dataset: str | None = None) -> bool:
-        """Whether `split` (of `dataset`, default the checkpoint's) was among the splits it trained on: a
-        'train+val' model's val score measures fit, not how it does on frames it never saw."""
+        """Whether frames of `split` (a split expression, msseg_core.splits; of `dataset`, default the
+        checkpoint's) may have been trained on: a 'train+val' model's val score measures fit, not how it does
+        on frames it never saw; 'train:0006R0' is held out from a 'train:-0006R0+val' model."""
         if dataset and self.dataset and dataset != self.dataset:
             return False
         train = str(self.recipe.get("data", {}).get("train_split", ""))
-        return bool(train) and split in (s.strip() for s in train.split("+"))
+        return bool(train) and splits_overlap(split, train)
 
     @property
     def ground(self) -> list[str]:

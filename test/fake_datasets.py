@@ -79,16 +79,18 @@ def _write(path: Path, array: np.ndarray, rgb: bool) -> None:
 
 
 def write_fake_camvid(root: str | Path, split: str = "train", n: int = 8, size: tuple[int, int] = (48, 64),
-                      layout: str = "segnet", seed: int = 0) -> Path:
+                      layout: str = "segnet", seed: int = 0, sequence: str = "0001TP") -> Path:
     """Write `n` learnable CamVid-like frames of `size` (h, w) for `split` under `root` in the 'segnet'
     (index labels, 11 = void, plus `<split>.txt`) or 'kaggle' (colour labels `X_L.png`, class_dict.csv)
-    layout; returns `root`. Deterministic in (seed, split); call again for other splits."""
+    layout, named `<sequence>_<frame>` as CamVid's are; returns `root`. Deterministic in (seed, split); call
+    again for other splits, or for another sequence of the same split."""
     if layout not in ("segnet", "kaggle"):
         raise ValueError(f"unknown layout {layout!r}; known: segnet, kaggle")
     root = Path(root)
     rng = _rng(seed, split)
-    names = [f"0001TP_{6690 + 30 * i:06d}" for i in range(n)]
-    lines = []
+    names = [f"{sequence}_{6690 + 30 * i:06d}" for i in range(n)]
+    listing = root / f"{split}.txt"
+    lines = listing.read_text().splitlines() if listing.is_file() else []
     for name in names:
         label = fake_street_label(rng, size)
         _write(root / split / f"{name}.png", fake_image(rng, label, CAMVID.palette), rgb=True)
@@ -106,7 +108,7 @@ def write_fake_camvid(root: str | Path, split: str = "train", n: int = 8, size: 
                     colour[where & (band == k)] = CAMVID32[member][0]
             _write(root / f"{split}_labels" / f"{name}_L.png", colour, rgb=True)
     if layout == "segnet":
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        listing.write_text("\n".join(dict.fromkeys(lines)) + "\n")  # once each, however often called
     else:
         rows = ["name,r,g,b"] + [f"{k},{c[0]},{c[1]},{c[2]}" for k, (c, _) in CAMVID32.items()]
         (root / "class_dict.csv").write_text("\n".join(rows) + "\n")

@@ -20,7 +20,8 @@ ROS_MODULES = ("msseg_ros", "rclpy", "rcl_interfaces", "rosidl_runtime_py", "rpy
                "diagnostic_msgs", "lifecycle_msgs")
 """Top-level modules of ROS 2 (and msseg_ros itself) that msseg_core must not import."""
 LAYERS = {
-    "msseg_core": [("io", "classes", "zoo"), ("models",), ("checkpoint",), ("data", "synthetic", "ground"),
+    "msseg_core": [("io", "classes", "zoo", "splits"), ("models",), ("checkpoint",),
+                   ("data", "synthetic", "ground"),
                    ("runtime",), ("evaluation",), ("training", "deploy"), ("bench",), ("cli",)],
     "msseg_ros": [("transport",), ("node",), ("tools", "bag"), ("bench",)],
 }

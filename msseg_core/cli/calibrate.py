@@ -25,7 +25,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature-from", default=None, metavar="CHECKPOINT",
                    help="fit nothing: take the temperature (and its figures) of this calibrated checkpoint, e.g. the "
                         "train-only run of the recipe when --checkpoint trained on train+val and has no held-out split")
-    p.add_argument("--split", default="val", help="held-out split to fit on (never the training split)")
+    p.add_argument("--split", default="val",
+                   help="held-out split to fit on (a split expression; refused when the checkpoint trained on it)")
     p.add_argument("--dataset", default=None, help="dataset loader (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="where to write the calibrated checkpoint (may be --checkpoint)")
     p.add_argument("--half", action="store_true",
@@ -55,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = resolve_checkpoint(args.checkpoint)
         model, meta = load_checkpoint(path)
+        if meta.trained_on(args.split, args.dataset):
+            raise ValueError(f"{path} trained on frames of {args.split!r} (train_split "
+                             f"{meta.recipe['data']['train_split']!r}): a temperature fitted there is over-confident; "
+                             "fit on a held-out split, or take --temperature-from the recipe's train-only run")
         segmenter = Segmenter(model, meta, device=args.device, backend="torch", threads=args.threads)
         dataset = build_dataset(args.dataset or meta.dataset or "camvid", args.data_root, args.split)
         result = fit_split_temperature(segmenter, dataset, pixels_per_image=args.pixels_per_image)

@@ -23,7 +23,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True,
                    help="a zoo model (camvid, camvid_fast), a .safetensors checkpoint or an .onnx export")
     p.add_argument("--data-root", required=True, help="dataset folder")
-    p.add_argument("--split", required=True, help="split name, e.g. val or test")
+    p.add_argument("--split", required=True,
+                   help="split expression: val, test, train+val, or one sequence such as train:0006R0 "
+                        "(msseg_core.splits)")
     p.add_argument("--dataset", default=None, help="dataset loader (default: the checkpoint's dataset, else camvid)")
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--confusion-png", default=None,

@@ -23,6 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from msseg_core.classes import CAMVID, CITYSCAPES, IGNORE_INDEX, KITTI_ROAD, ClassSet
+from msseg_core.splits import SplitError, SplitPart, format_split, parse_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 Transform = Callable[[np.ndarray, np.ndarray], Any]
@@ -516,24 +517,31 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
 }
 
 
-class JoinedSplits(SegmentationDataset):
-    """Several splits of one dataset read as one, in order ('train+val': the final model of a recipe that
-    was chosen on train -> val, as every published CamVid test figure is trained)."""
+class SelectedFrames(SegmentationDataset):
+    """The frames a split expression names (msseg_core.splits), read as one dataset, in order:
+    'train+val' (the final model of a recipe chosen on train -> val, as every published CamVid test figure is
+    trained), 'train:-0006R0+val' / 'train:0006R0' (leave one sequence out: a score on streets never seen)."""
 
-    def __init__(self, parts: Sequence[SegmentationDataset], transform: Transform | None = None):
+    def __init__(self, parts: Sequence[tuple[SegmentationDataset, Sequence[int]]], split: str,
+                 transform: Transform | None = None):
         if not parts:
-            raise DatasetError("no split to join")
-        classes = {p.classes for p in parts}
+            raise DatasetError("no split to read")
+        classes = {p.classes for p, _ in parts}
         if len(classes) != 1:
             raise DatasetError(f"cannot join splits with different classes: {sorted(c.name for c in classes)}")
-        self.parts = list(parts)
-        self.classes = parts[0].classes
-        self.root = parts[0].root
-        self.split = "+".join(p.split for p in parts)
+        self.parts = [p for p, _ in parts]
+        self.classes = self.parts[0].classes
+        self.root = self.parts[0].root
+        self.split = split
         self.transform = transform
-        self._where = [(k, i) for k, p in enumerate(parts) for i in range(len(p))]
-        self.samples = [s for p in parts for s in p.samples]
-        self.names = [n for p in parts for n in p.names]
+        self._where = [(k, i) for k, (_, chosen) in enumerate(parts) for i in chosen]
+        self.samples = [self.parts[k].samples[i] for k, i in self._where]
+        self.names = [self.parts[k].names[i] for k, i in self._where]
+        seen: dict[Path, str] = {}
+        for (image, _), name in zip(self.samples, self.names, strict=True):
+            if image in seen:
+                raise DatasetError(f"split {split!r} names frame {name!r} twice (its parts overlap)")
+            seen[image] = name
 
     def load_image(self, index: int) -> np.ndarray:
         part, i = self._where[index]
@@ -544,25 +552,48 @@ class JoinedSplits(SegmentationDataset):
         return self.parts[part].load_mask(i)
 
 
+def _select(ds: SegmentationDataset, part: SplitPart, spec: str) -> list[int]:
+    """The indices of `ds` that `part` keeps; a prefix that matches no frame is an error, because a typo in a
+    held-out sequence's name would otherwise train on the frames meant to be held out."""
+    for prefix in part.prefixes:
+        if not any(name.startswith(prefix) for name in ds.names):
+            some = sorted({name.split("_")[0] for name in ds.names}, key=natural_key)[:8]
+            raise DatasetError(f"split {spec!r}: no frame of {part.split!r} in {ds.root} starts with {prefix!r} "
+                               f"(its names start e.g. with {', '.join(some)})")
+    chosen = [i for i, name in enumerate(ds.names) if part.keeps(name)]
+    if not chosen:
+        raise DatasetError(f"split {spec!r}: {str(part)!r} leaves no frame of {part.split!r}")
+    return chosen
+
+
 def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None,
                   **kwargs: Any) -> SegmentationDataset:
     """The dataset `name` ('camvid', 'cityscapes', 'kitti_road', 'folder': your own, msseg_core.data.folder,
-    registered by the package); extra keywords go to its class
-    (e.g. CamVid's `layout`). `split` may join splits with '+' ('train+val')."""
+    registered by the package); extra keywords go to its class (e.g. CamVid's `layout`). `split` is a split
+    expression (msseg_core.splits): a split name, splits joined with '+' ('train+val'), each optionally
+    narrowed to frames by name prefix ('train:0006R0', 'train:-0006R0+val')."""
     try:
         cls = DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
-    if "+" in split:
-        names = [s.strip() for s in split.split("+")]
-        if any(not s for s in names) or len(set(names)) != len(names):
-            raise DatasetError(f"split {split!r}: join distinct split names with '+', e.g. 'train+val'")
-        return JoinedSplits([cls(root, s, **kwargs) for s in names], transform=transform)
-    return cls(root, split, transform=transform, **kwargs)
+    try:
+        parts = parse_split(split)
+    except SplitError as exc:
+        raise DatasetError(str(exc)) from None
+    if len(parts) == 1 and not parts[0].prefixes:
+        return cls(root, parts[0].split, transform=transform, **kwargs)
+    opened: dict[str, SegmentationDataset] = {}
+    chosen = []
+    for part in parts:
+        if part.split not in opened:  # 'train:0001TP+train:0016E5' reads train once
+            opened[part.split] = cls(root, part.split, **kwargs)
+        ds = opened[part.split]
+        chosen.append((ds, _select(ds, part, split)))
+    return SelectedFrames(chosen, format_split(parts), transform=transform)
 
 
 __all__ = [
     "CAMVID32", "CITYSCAPES_TRAIN_IDS", "DATASETS", "CamVidDataset", "CityscapesDataset", "DatasetError",
-    "JoinedSplits", "KittiRoadDataset", "SegmentationDataset", "build_dataset", "camvid_group", "map_colours",
+    "KittiRoadDataset", "SegmentationDataset", "SelectedFrames", "build_dataset", "camvid_group", "map_colours",
     "natural_key", "read_class_dict", "read_index_label", "read_rgb",
 ]

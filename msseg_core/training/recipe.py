@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from msseg_core.io import write_text_atomic
+from msseg_core.splits import SplitError, parse_split
 
 if typing.TYPE_CHECKING:
     from msseg_core.checkpoint import CheckpointMeta
@@ -46,8 +47,8 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "camvid"
     root: str = "../shared/datasets/camvid"  # relative paths are relative to the working directory
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = "train"  # split expressions (msseg_core.splits): 'train+val' for a shipped model,
+    val_split: str = "val"      # 'train:-0006R0+val' -> 'train:0006R0' to score on a sequence never trained on
     crop_size: list[int] = field(default_factory=lambda: [360, 480])  # training crop [H, W]
     eval_size: list[int] = field(default_factory=lambda: [360, 480])  # network size at val/inference
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -162,6 +163,11 @@ class Recipe:
             size = _get(self, key)
             if len(size) != 2 or min(size) < 1:
                 raise RecipeError(f"{key} must be [height, width] > 0, got {size}")
+        for key in ("data.train_split", "data.val_split"):
+            try:
+                parse_split(_get(self, key))
+            except SplitError as exc:
+                raise RecipeError(f"{key}: {exc}") from None
         lo_hi = self.data.scale_range
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise RecipeError(f"data.scale_range must be [min, max] with 0 < min <= max, got {lo_hi}")

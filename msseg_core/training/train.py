@@ -182,6 +182,8 @@ def _prepare(recipe: Recipe, ctx: Dist, quiet: bool, init: bool = True) -> _Run:
     classes = train_ds.classes
     if val_ds.classes != classes:
         raise RecipeError(f"val split classes {val_ds.classes.names} differ from the train split's {classes.names}")
+    _say(ctx, quiet, f"{len(train_ds)} training frames ({d.train_split}), {len(val_ds)} validation frames "
+                     f"({d.val_split})")
     meta = CheckpointMeta(model=recipe.model.name, model_args=dict(recipe.model.args), class_names=list(classes.names),
                           palette=[list(c) for c in classes.palette], road_classes=list(classes.road),
                           ground_classes=list(classes.ground or classes.road),

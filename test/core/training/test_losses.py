@@ -138,5 +138,5 @@ def test_train_plus_val_joins_the_splits(tmp_path) -> None:
     train, val = build_dataset("camvid", tmp_path, "train"), build_dataset("camvid", tmp_path, "val")
     assert len(joined) == 5 and joined.names == train.names + val.names and joined.split == "train+val"
     np.testing.assert_array_equal(joined.load(4)[1], val.load(1)[1])
-    with pytest.raises(DatasetError, match="distinct"):
+    with pytest.raises(DatasetError, match="twice"):
         build_dataset("camvid", tmp_path, "train+train")
