@@ -134,7 +134,8 @@ class EfficientNetLite(nn.Module):
                 self._taps.append(len(blocks) - 1)
                 channels.append(cout)
             if s == 0:
-                self._stride2_tap, self.stride2_channels = len(blocks) - 1, cout
+                stride2_tap, self.stride2_channels = len(blocks) - 1, cout
+        self._taps_with_stride2 = [stride2_tap, *self._taps]  # built once, not per frame
         self.blocks = nn.ModuleList(blocks)
         self.channels: tuple[int, ...] = tuple(channels)
         self.strides = (4, 8, 16, 32)
@@ -144,7 +145,7 @@ class EfficientNetLite(nn.Module):
         `stride2_channels`) comes first, for a decoder that resolves thin objects below a stride-4 cell."""
         x = self.stem(x)
         feats = []
-        taps = iter(([self._stride2_tap] if stride2 else []) + self._taps)
+        taps = iter(self._taps_with_stride2 if stride2 else self._taps)
         tap = next(taps)
         for i, block in enumerate(self.blocks):
             x = block(x)
