@@ -36,8 +36,8 @@ class TrainBatches:
             from msseg_core.data.transforms import TrainTransform
 
             transform = TrainTransform(crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
-                                       hflip=0.5 if d.hflip else 0.0, photometric=d.photometric, mean=d.mean, std=d.std,
-                                       stretch=d.stretch)
+                                       hflip=0.5 if d.hflip else 0.0, photometric=_jitter(recipe), mean=d.mean,
+                                       std=d.std, stretch=d.stretch)
             ds = build_dataset(d.dataset, d.root, d.train_split, transform=transform)
             self.generator = torch.Generator()
             if ctx.enabled:
@@ -73,7 +73,7 @@ class TrainBatches:
             self.source.set_epoch(epoch)  # the shard permutation (seeded with seed + epoch, as every rank)
             generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 1, self.ctx.rank))  # augmentation
             yield from self.source.batches(bs, crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range),
-                                           hflip=0.5 if d.hflip else 0.0, photometric=d.photometric,
+                                           hflip=0.5 if d.hflip else 0.0, photometric=_jitter(self.recipe),
                                            generator=generator, drop_last=self.drop_last,
                                            rare_crop_prob=d.rare_crop_prob, stretch=d.stretch)
             return
@@ -94,6 +94,10 @@ class TrainBatches:
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+
+
+def _jitter(recipe: Recipe) -> float:
+    return recipe.data.jitter if recipe.data.photometric else 0.0
 
 
 def _class_ids(names: Sequence[str], wanted: Sequence[str], key: str) -> list[int]:

@@ -57,6 +57,7 @@ class DataConfig:
     #                       as inference does; 1 = crops keep the frames' aspect
     hflip: bool = True
     photometric: bool = True
+    jitter: float = 0.25  # photometric jitter strength: ColorJitter's brightness, contrast and saturation
     mean: list[float] = field(default_factory=list)  # [] = model.init_from's normalisation, else ImageNet's
     std: list[float] = field(default_factory=list)
     pipeline: str = "gpu_resident"  # gpu_resident | loader
@@ -173,6 +174,8 @@ class Recipe:
             raise RecipeError(f"data.scale_range must be [min, max] with 0 < min <= max, got {lo_hi}")
         if not self.data.stretch > 0:
             raise RecipeError(f"data.stretch must be > 0, got {self.data.stretch}")
+        if not 0 <= self.data.jitter < 1:  # ColorJitter draws factors in [1 - j, 1 + j]: 1 would allow a black frame
+            raise RecipeError(f"data.jitter must be in [0, 1), got {self.data.jitter}")
         if len(self.data.mean) not in (0, 3) or len(self.data.std) not in (0, 3) or min(self.data.std, default=1) <= 0:
             raise RecipeError("data.mean and data.std must have 3 entries (or none: the init checkpoint's or "
                               "ImageNet's), std > 0")

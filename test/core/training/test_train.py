@@ -46,6 +46,7 @@ def test_overrides_are_typed_and_nested():
     ("data.crop_size=[1, x]", "data.crop_size[1] expects an integer"),
     ("data.crop_size=[1, 2, 3]", "data.crop_size must be [height, width]"),
     ("data.stretch=0", "data.stretch must be > 0"),
+    ("data.jitter=1.0", "data.jitter must be in [0, 1)"),
     ("optim.name=rmsprop", "optim.name must be one of adam, adamw, sgd"),
     ("model.args=3", "model.args expects a mapping"),
     ("train=3", "'train' is a section"),
@@ -203,6 +204,29 @@ def tiny_recipe(folder: Path, data: Path, epochs: int, pipeline: str = "gpu_resi
     path.write_text(TINY_RECIPE.replace("DATA", str(data)).replace("EPOCHS", str(epochs))
                     .replace("PIPELINE", pipeline))
     return path
+
+
+@pytest.mark.parametrize("pipeline", ["gpu_resident", "loader"])
+def test_jitter_strength_reaches_the_training_batches(tmp_path, camvid_root, pipeline):
+    """data.jitter is the photometric strength both pipelines apply: 0 gives the unjittered batch,
+    and a stronger jitter moves pixels further from it."""
+    from msseg_core.data import build_dataset
+    from msseg_core.training.batches import TrainBatches
+    from msseg_core.training.distributed import Dist
+
+    def first_batch(*overrides: str) -> torch.Tensor:
+        recipe = load_recipe(tiny_recipe(tmp_path, camvid_root, 1, pipeline),
+                             ["data.workers=0", "data.hflip=false", "data.scale_range=[1.0, 1.0]",
+                              "data.mean=[0.5, 0.5, 0.5]", "data.std=[0.5, 0.5, 0.5]", *overrides])
+        dataset = build_dataset("camvid", camvid_root, "train")
+        torch.manual_seed(0)  # the loader pipeline's transforms draw from torch's global generator
+        images, _ = next(iter(TrainBatches(dataset, recipe, Dist(0, 1, 0, torch.device("cpu"))).epoch(0)))
+        return images
+
+    plain = first_batch("data.photometric=false")
+    assert torch.equal(first_batch("data.jitter=0.0"), plain)
+    moved = [(first_batch(f"data.jitter={j}") - plain).abs().mean().item() for j in (0.1, 0.6)]
+    assert 0 < moved[0] < moved[1]
 
 
 def read_csv(path: Path) -> list[dict]:
