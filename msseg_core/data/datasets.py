@@ -537,11 +537,11 @@ class SelectedFrames(SegmentationDataset):
         self._where = [(k, i) for k, (_, chosen) in enumerate(parts) for i in chosen]
         self.samples = [self.parts[k].samples[i] for k, i in self._where]
         self.names = [self.parts[k].names[i] for k, i in self._where]
-        seen: dict[Path, str] = {}
+        seen: set[Path] = set()
         for (image, _), name in zip(self.samples, self.names, strict=True):
             if image in seen:
                 raise DatasetError(f"split {split!r} names frame {name!r} twice (its parts overlap)")
-            seen[image] = name
+            seen.add(image)
 
     def load_image(self, index: int) -> np.ndarray:
         part, i = self._where[index]
