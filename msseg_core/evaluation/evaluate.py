@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msseg_core.evaluation.bootstrap import Estimate
 from msseg_core.evaluation.metrics import ConfusionMatrix
 from msseg_core.runtime.segmenter import Segmenter
 
@@ -63,19 +64,40 @@ def iter_logits(segmenter: Segmenter, dataset, indices: Sequence[int] | None = N
         yield flush()
 
 
-def evaluate_split(segmenter: Segmenter, dataset, batch_size: int = 1, indices: Sequence[int] | None = None,
-                   progress: bool = False) -> ConfusionMatrix:
-    """Confusion matrix of `segmenter` over `dataset` (items: uint8 image, uint8 label with 255 = void)."""
+def _predictions(segmenter: Segmenter, dataset, batch_size: int, indices: Sequence[int] | None,
+                 progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(N x H x W predicted ids, N x H x W labels) batches, after checking the class sets match."""
     check_classes(segmenter, dataset)
-    cm = ConfusionMatrix(segmenter.num_classes)
     total = len(dataset) if indices is None else len(indices)
     from tqdm import tqdm
 
     with tqdm(total=total, unit="img", disable=not progress, leave=False) as bar:
         for logits, target in iter_logits(segmenter, dataset, indices, batch_size):
-            cm.update(logits.argmax(1), target)
+            yield logits.argmax(1), target
             bar.update(len(target))
+
+
+def evaluate_split(segmenter: Segmenter, dataset, batch_size: int = 1, indices: Sequence[int] | None = None,
+                   progress: bool = False) -> ConfusionMatrix:
+    """Confusion matrix of `segmenter` over `dataset` (items: uint8 image, uint8 label with 255 = void)."""
+    cm = ConfusionMatrix(segmenter.num_classes)
+    for pred, target in _predictions(segmenter, dataset, batch_size, indices, progress):
+        cm.update(pred, target)
     return cm
+
+
+def confusions_per_image(segmenter: Segmenter, dataset, batch_size: int = 1,
+                         progress: bool = False) -> np.ndarray:
+    """N x C x C: one confusion matrix per image in the split's order, what a bootstrap resamples
+    (msseg_core.evaluation.bootstrap); their sum is `evaluate_split`'s matrix."""
+    mats = []
+    for pred, target in _predictions(segmenter, dataset, batch_size, None, progress):
+        for one_pred, one_target in zip(pred, target, strict=True):
+            cm = ConfusionMatrix(segmenter.num_classes)
+            cm.update(one_pred, one_target)
+            mats.append(cm.mat)
+    n = segmenter.num_classes
+    return np.stack(mats) if mats else np.zeros((0, n, n), np.int64)
 
 
 def format_table(cm: ConfusionMatrix, class_names: Sequence[str]) -> str:
@@ -87,6 +109,18 @@ def format_table(cm: ConfusionMatrix, class_names: Sequence[str]) -> str:
     lines.append(f"{'mean':<{width}}  {_pct(cm.miou)}  {_pct(cm.mean_accuracy)}")
     lines.append(f"{'pixel acc':<{width}}  {'':>7}  {_pct(cm.pixel_accuracy)}")
     lines.append(f"{cm.num_images} images")
+    return "\n".join(lines)
+
+
+def format_difference(a: ConfusionMatrix, b: ConfusionMatrix, difference: Estimate, names: Sequence[str]) -> str:
+    """Per class: A's IoU, B's, and A - B with its paired interval (percentage points)."""
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  {'A':>7}  {'B':>7}  A - B [interval]"]
+    rows = zip(names, a.iou(), b.iou(), difference.per_class, strict=True)
+    for name, ia, ib, d in [*rows, ("mean", a.miou, b.miou, difference.miou)]:
+        diff = "n/a" if np.isnan(d.estimate) else f"{100 * d.estimate:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+        lines.append(f"{name:<{width}}  {_pct(ia)}  {_pct(ib)}  {diff}")
+    lines.append(f"A ahead in {100 * difference.a_ahead:.1f}% of the resamples")
     return "\n".join(lines)
 
 

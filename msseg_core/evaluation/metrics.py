@@ -10,6 +10,22 @@ import torch
 from msseg_core.classes import IGNORE_INDEX
 
 
+def iou_of(mat: np.ndarray) -> np.ndarray:
+    """Per-class IoU of a confusion matrix, or of each in a stack (... x C x C -> ... x C); NaN for a class
+    neither present nor predicted."""
+    tp = np.diagonal(mat, axis1=-2, axis2=-1).astype(np.float64)
+    union = mat.sum(-2) + mat.sum(-1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def mean_over_present(values: np.ndarray) -> np.ndarray:
+    """The mean over the last axis of the classes that are not NaN (0 when none is): mIoU's mean."""
+    present = ~np.isnan(values)
+    total = np.where(present, values, 0.0).sum(-1)
+    return np.where(present.any(-1), total / np.maximum(present.sum(-1), 1), 0.0)
+
+
 class ConfusionMatrix:
     """Rows are ground truth, columns prediction; pixels labelled `ignore_index` never count."""
 
@@ -18,6 +34,14 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
         self.num_images = 0
+
+    @classmethod
+    def of(cls, mats: np.ndarray) -> ConfusionMatrix:
+        """The matrix of a whole split from its per-image matrices (N x C x C)."""
+        cm = cls(mats.shape[-1])
+        cm.mat += mats.sum(0).astype(np.int64)
+        cm.num_images = len(mats)
+        return cm
 
     def update(self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> None:
         """Add one image (or a batch) of predicted and true class ids of the same shape."""
@@ -55,10 +79,7 @@ class ConfusionMatrix:
 
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for a class neither present nor predicted."""
-        tp = np.diag(self.mat).astype(np.float64)
-        union = self.mat.sum(0) + self.mat.sum(1) - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        return iou_of(self.mat)
 
     def class_accuracy(self) -> np.ndarray:
         """Per-class recall (fraction of each class's pixels labelled right); NaN if absent."""
@@ -66,18 +87,13 @@ class ConfusionMatrix:
         total = self.mat.sum(1)
         return np.where(total > 0, tp / np.maximum(total, 1), np.nan)
 
-    @staticmethod
-    def _nanmean(values: np.ndarray) -> float:
-        finite = values[~np.isnan(values)]
-        return float(finite.mean()) if finite.size else 0.0
-
     @property
     def miou(self) -> float:
-        return self._nanmean(self.iou())
+        return float(mean_over_present(self.iou()))
 
     @property
     def mean_accuracy(self) -> float:
-        return self._nanmean(self.class_accuracy())
+        return float(mean_over_present(self.class_accuracy()))
 
     @property
     def pixel_accuracy(self) -> float:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from msseg_core.classes import CAMVID, IGNORE_INDEX, KITTI_ROAD
 from msseg_core.cli.evaluate import main
-from msseg_core.evaluation.evaluate import REPORT_KEYS, evaluate_split
+from msseg_core.evaluation.evaluate import REPORT_KEYS, confusions_per_image, evaluate_split
+from msseg_core.evaluation.metrics import ConfusionMatrix
 from msseg_core.runtime.segmenter import Segmenter
 
 
@@ -104,6 +105,18 @@ def test_batches_of_mixed_sizes_equal_one_by_one(segmenter):
     many = evaluate_split(segmenter, ListDataset(items), batch_size=3)
     np.testing.assert_array_equal(one.mat, many.mat)
     assert one.num_images == many.num_images == 5
+
+
+def test_per_image_matrices_sum_to_the_splits_matrix(segmenter):
+    """What msseg-eval's bootstrap resamples: one matrix per image, in order, adding up to the split's."""
+    rng = np.random.default_rng(4)
+    items = [(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8), rng.integers(0, 11, (24, 40), dtype=np.uint8))
+             for _ in range(5)]
+    mats = confusions_per_image(segmenter, ListDataset(items), batch_size=2)
+    assert mats.shape == (5, 11, 11) and (mats.sum((1, 2)) == 24 * 40).all()
+    whole = evaluate_split(segmenter, ListDataset(items))
+    np.testing.assert_array_equal(mats.sum(0), whole.mat)
+    assert ConfusionMatrix.of(mats).num_images == whole.num_images == 5
 
 
 def test_labels_of_another_class_set_are_refused(segmenter):
