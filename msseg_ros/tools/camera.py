@@ -31,7 +31,7 @@ import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
@@ -69,6 +69,8 @@ class SyntheticCamera(Node):
         self.count = int(declare("count", 0, "Frames to publish, then exit; 0 = until the source ends"))
         reliability = str(declare("reliability", "reliable", "QoS reliability: reliable or best_effort"))
         depth = int(declare("qos_depth", 5, "QoS history depth"))
+        durability = str(declare("durability", "volatile", "QoS durability: volatile, or transient_local to keep "
+                                 "the last qos_depth messages for readers that match late"))
         hfov = float(declare("hfov_deg", 60.0, "Horizontal field of view (synthetic camera; files without "
                                                  "a CameraInfo)"))
         self.loop = bool(declare("loop", False, "Start a file source again at its end"))
@@ -84,6 +86,8 @@ class SyntheticCamera(Node):
             raise ValueError(f"parameter rate must be > 0, got {self.rate}")
         if reliability not in ("reliable", "best_effort"):
             raise ValueError(f"parameter reliability must be reliable or best_effort, got {reliability!r}")
+        if durability not in ("volatile", "transient_local"):
+            raise ValueError(f"parameter durability must be volatile or transient_local, got {durability!r}")
         if self.count < 0 or depth < 1:
             raise ValueError(f"parameters count >= 0 and qos_depth >= 1 needed, got {self.count}, {depth}")
         self._open = lambda: open_source(self.source_spec, seed=seed, width=width, height=height, fps=self.rate,
@@ -93,7 +97,9 @@ class SyntheticCamera(Node):
         self._frames = iter(self.source)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                          reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                         else ReliabilityPolicy.BEST_EFFORT)
+                         else ReliabilityPolicy.BEST_EFFORT,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL if durability == "transient_local"
+                         else DurabilityPolicy.VOLATILE)
         self.image_pub = self.create_publisher(Image, topics.IMAGE, qos)
         self.info_pub = self.create_publisher(CameraInfo, topics.CAMERA_INFO, qos)
         self.labels_pub = self.create_publisher(Image, topics.GROUND_TRUTH, qos) if self.source.has_labels \
@@ -132,7 +138,9 @@ class SyntheticCamera(Node):
         """With wait_for_subscribers = N > 0: True once `image` and `camera_info` have N subscribers each
         (whoever reads the images, e.g. the node and the demo, reads their calibration too: the node
         matching first must not let the first CameraInfo go out before the demo's reader is there) and
-        the ground truth one; then 0.2 s more, so the readers' side of the match completes too."""
+        the ground truth one; then 0.2 s more, so the readers' side of the match completes too. On a loaded
+        machine a reader can still match later than that: `durability: transient_local` (with a
+        transient_local reader) is the guarantee, the wait only saves the history's memory."""
         if self.wait_for_subscribers <= 0:
             return True
         if self._ready_since is None:
@@ -158,10 +166,14 @@ class SyntheticCamera(Node):
             stamp = self.get_clock().now().to_msg()
         header = Header(stamp=stamp, frame_id=self.frame_id)
         h, w = frame.rgb.shape[:2]
-        self.image_pub.publish(encode_image(frame.rgb, "rgb8", header))
+        image = encode_image(frame.rgb, "rgb8", header)
+        labels = encode_image(frame.labels, "mono8", header) if frame.labels is not None else None
+        # The image goes last: whoever has a frame's image (or the node's answer to it) was sent its
+        # calibration and labels already, even when the camera is stopped in the middle of a frame.
         self.info_pub.publish(camera_info_msg(self._camera(w, h), header))
-        if self.labels_pub is not None and frame.labels is not None:
-            self.labels_pub.publish(encode_image(frame.labels, "mono8", header))
+        if self.labels_pub is not None and labels is not None:
+            self.labels_pub.publish(labels)
+        self.image_pub.publish(image)
         self.published += 1
         if self.count and self.published >= self.count:
             self.get_logger().info(f"published {self.published} frames")

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from msseg_ros.transport.graph import NodeProcess
 
 OUTPUTS = topics.OUTPUTS
+CAMERA_HISTORY = 30  # frames the camera keeps for a reader that matches late: 6 s at the default 5 Hz
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
@@ -124,8 +125,6 @@ class Collector:
         with self._cond:
             self.messages.append((topic, now, raw))
             self._cond.notify_all()
-            if name == "camera_info":
-                return
             stamp = cdr_stamp(raw)
             if name == "road_grid":
                 self.grids[stamp] = raw
@@ -141,6 +140,11 @@ class Collector:
         """Stamps answered on every output (and whose input we saw), in order."""
         with self._cond:
             return sorted(s for s in self.done_at if "image" in self.frames.get(s, {}))
+
+    def inputs_whole(self, names: Sequence[str]) -> bool:
+        """Whether every frame whose image came also has a message of each of these names."""
+        with self._cond:
+            return all(n in entry for entry in self.frames.values() if "image" in entry for n in names)
 
     def wait(self, timeout: float) -> None:
         """Until the next message arrives, at most `timeout` seconds."""
@@ -246,13 +250,14 @@ def subscribe_everything(node: Any, col: Collector) -> tuple[dict[str, Any], dic
     from sensor_msgs.msg import CameraInfo, Image
 
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    grid_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    # the camera's topics and the grid keep a history for a reader that matches late (a loaded machine)
+    kept = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
     subs = {topics.in_namespace(topics.NAMESPACE, o): (Image, o, qos) for o in OUTPUTS}
-    subs.update({topics.CAMERA_IMAGE: (Image, "image", qos),
-                 topics.CAMERA_CAMERA_INFO: (CameraInfo, "camera_info", qos),
-                 topics.GROUND_TRUTH_LABELS: (Image, "ground_truth", qos),
-                 topics.in_namespace(topics.NAMESPACE, topics.ROAD_GRID): (OccupancyGrid, "road_grid", grid_qos)})
+    subs.update({topics.CAMERA_IMAGE: (Image, "image", kept),
+                 topics.CAMERA_CAMERA_INFO: (CameraInfo, "camera_info", kept),
+                 topics.GROUND_TRUTH_LABELS: (Image, "ground_truth", kept),
+                 topics.in_namespace(topics.NAMESPACE, topics.ROAD_GRID): (OccupancyGrid, "road_grid", kept)})
     types, readers = {}, {}
     for topic, (msg_type, name, profile) in subs.items():
         readers[name] = node.create_subscription(msg_type, topic, lambda raw, t=topic, n=name:
@@ -283,7 +288,8 @@ def start_nodes(args: argparse.Namespace, checkpoint: Path, env: dict[str, str],
     seg = NodeProcess("segmentation_node", node_args, log_path=out / "node.log", **process)
     children.append(seg)
     cam_params: dict[str, Any] = {"rate": args.rate, "seed": args.seed, "width": args.width,
-                                  "height": args.height, "count": 0, "wait_for_subscribers": 2}
+                                  "height": args.height, "count": 0, "wait_for_subscribers": 2,
+                                  "durability": "transient_local", "qos_depth": CAMERA_HISTORY}
     if args.input:
         cam_params["source"] = args.input
     if args.image_topic:
@@ -374,7 +380,13 @@ def run(args: argparse.Namespace, children: list[NodeProcess], env: dict[str, st
         wait.frames(args.frames, args.rate)
         t_end = time.monotonic()
         cam.interrupt()
-        time.sleep(0.2)  # outputs still in flight (the summary uses the first --frames answered ones)
+        # A frame counts once its outputs are in, but the executor may hand over its camera_info and ground
+        # truth after them (a loaded machine): wait, a few seconds at most, until every image that came has
+        # them, so the summary and the bag hold whole frames.
+        inputs = ("camera_info", "ground_truth") if has_gt else ("camera_info",)
+        deadline = time.monotonic() + 5.0
+        while not col.inputs_whole(inputs) and time.monotonic() < deadline:
+            col.wait(0.05)
         return {"collector": col, "meta": meta, "checkpoint": checkpoint, "has_gt": has_gt, "types": types,
                 "source": source_desc, "diagnostics": dict(diag), "wall": t_end - t_first, "profile": profile}
     finally:

@@ -300,8 +300,8 @@ def test_bag_source(tmp_path):
 class _Listener:
     """A real rclpy subscriber (own context) to a camera's image, camera_info and ground truth."""
 
-    def __init__(self, ns: str, reliable: bool = True):
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
+    def __init__(self, ns: str, reliable: bool = True, transient_local: bool = False):
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
 
         from msseg_ros.transport.graph import PrivateContext
@@ -310,7 +310,8 @@ class _Listener:
         self.lock = threading.Lock()
         self._ros = PrivateContext("camera_test_listener")
         policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
-        qos = QoSProfile(depth=50, reliability=policy)
+        qos = QoSProfile(depth=50, reliability=policy, durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local
+                         else DurabilityPolicy.VOLATILE)
         for key, topic, typ in (("image", f"{ns}/image", Image), ("camera_info", f"{ns}/camera_info", CameraInfo),
                                 ("labels", f"{ns}/ground_truth/labels", Image)):
             self._ros.node.create_subscription(typ, topic, lambda m, k=key: self._on(k, m), qos)
@@ -336,10 +337,11 @@ def test_camera_node_publishes_image_info_and_labels_with_one_stamp():
     from helpers_ros import namespace
 
     ns = namespace("synthcam_test")
-    listener = _Listener(ns)
+    listener = _Listener(ns, transient_local=True)  # all four frames, however late its side of the match
     try:
         status, output = run_camera("-r", f"__ns:={ns}", "-p", "count:=4", "-p", "width:=160", "-p", "height:=120",
-                                    "-p", "rate:=20.0", "-p", "seed:=7", "-p", "wait_for_subscribers:=1")
+                                    "-p", "rate:=20.0", "-p", "seed:=7", "-p", "wait_for_subscribers:=1",
+                                    "-p", "durability:=transient_local")
         assert status == 0, output
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and min(len(v) for v in listener.got.values()) < 4:
@@ -360,6 +362,43 @@ def test_camera_node_publishes_image_info_and_labels_with_one_stamp():
         assert (info.width, info.height) == (160, 120)
         np.testing.assert_array_equal(np.frombuffer(img.data, np.uint8).reshape(120, 160, 3), ref.frame(i).rgb)
         np.testing.assert_array_equal(np.frombuffer(lab.data, np.uint8).reshape(120, 160), ref.frame(i).labels)
+
+
+def _wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.05)
+
+
+@pytest.mark.ros
+def test_a_transient_local_camera_keeps_its_frames_for_a_reader_that_matches_late():
+    """What `msseg-demo` relies on when a loaded machine delays a reader's match: with `durability:
+    transient_local` the frames published before a (transient_local) reader matched still reach it."""
+    from helpers_ros import namespace
+
+    from msseg_ros.transport.graph import NodeProcess
+
+    ns = namespace("synthcam_late_test")
+    early, late = _Listener(ns), None
+    args = ["--ros-args", "-r", f"__ns:={ns}", "-p", "width:=160", "-p", "height:=120", "-p", "rate:=20.0",
+            "-p", "seed:=7", "-p", "durability:=transient_local", "-p", "qos_depth:=200"]
+    try:
+        with NodeProcess("synthetic_camera", args) as camera:
+            _wait_until(lambda: len(early.got["labels"]) >= 3, 60)
+            assert len(early.got["labels"]) >= 3, camera.output()
+            late = _Listener(ns, transient_local=True)  # joins after those frames went out
+            first = min(early.got["image"])
+            _wait_until(lambda: all(first in late.got[k] for k in late.got), 20)
+    finally:
+        early.close()
+        if late is not None:
+            late.close()
+    for key in ("image", "camera_info", "labels"):
+        assert first in late.got[key], f"{key}: the frame published before the reader matched never reached it"
+    np.testing.assert_array_equal(np.frombuffer(late.got["image"][first].data, np.uint8),
+                                  np.frombuffer(early.got["image"][first].data, np.uint8))
+    status, output = run_camera("-p", "durability:=sometimes", timeout=60)
+    assert status != 0 and "durability must be volatile or transient_local" in output
 
 
 @pytest.mark.ros
