@@ -174,3 +174,28 @@ def test_demo_takes_zoo_names_and_paths(tmp_path) -> None:
     assert resolve_checkpoint(str(zoo_path("camvid"))) == zoo_path("camvid")
     with pytest.raises(DemoError, match="not found"):
         resolve_checkpoint(str(tmp_path / "missing.safetensors"))
+
+
+def test_a_frame_counts_on_its_outputs_but_is_whole_only_with_its_inputs() -> None:
+    """On a loaded machine a frame's ground truth can reach the demo after the node's answer: the frame is
+    answered (counted) at once, and the demo waits until `inputs_whole` before it scores and records."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from msseg_ros.tools.demo import OUTPUTS, Collector
+
+    def raw(msg_type, sec: int) -> bytes:
+        msg = msg_type()
+        msg.header.stamp.sec = sec
+        return serialize_message(msg)
+
+    col = Collector()
+    for name in ("image", *OUTPUTS):
+        col.on_message(name, name, raw(Image, 1))
+    assert col.complete() and not col.inputs_whole(("camera_info", "ground_truth"))
+    col.on_message("camera_info", "camera_info", raw(CameraInfo, 1))
+    assert col.inputs_whole(("camera_info",)) and not col.inputs_whole(("camera_info", "ground_truth"))
+    col.on_message("ground_truth", "ground_truth", raw(Image, 1))
+    assert col.inputs_whole(("camera_info", "ground_truth"))
+    col.on_message("image", "image", raw(Image, 2))  # the next frame's image, its calibration still on its way
+    assert not col.inputs_whole(("camera_info",)) and col.inputs == 2
