@@ -81,13 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cm = ConfusionMatrix.of(mats)
     print(format_table(cm, names))
     result = report(cm, names, str(args.checkpoint))
-    for model, checkpoint in ((segmenter, args.checkpoint), (other, args.against)):
-        if model is not None and model.meta.trained_on(args.split, dataset_name):
-            if model is segmenter:
-                result["split_in_training"] = True
-            print(f"msseg-eval: note: {checkpoint} trained on {args.split!r} "
-                  f"(train_split {model.meta.recipe['data']['train_split']!r}): this score is not held out",
-                  file=sys.stderr)
+    _flag_training_split(segmenter, args.checkpoint, result, args.split, dataset_name)
     if settings:
         estimate = score_interval(mats, settings)
         result["bootstrap"] = estimate.to_dict(names, settings)
@@ -97,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         other_cm = ConfusionMatrix.of(other_mats)
         difference = paired_difference(mats, other_mats, settings)
         result["against"] = report(other_cm, names, str(args.against))
+        _flag_training_split(other, args.against, result["against"], args.split, dataset_name)
         result["difference"] = difference.to_dict(names, settings)
         print(format_difference(cm, other_cm, difference, names))
     if args.json:
@@ -108,6 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if png:
         print(f"confusion matrix: {plot_confusion(cm, names, png)}")
     return 0
+
+
+def _flag_training_split(model: Segmenter, checkpoint: str, result: dict, split: str, dataset: str) -> None:
+    """Say (stderr and JSON) when a model trained on frames of the split it is scored on."""
+    if model.meta.trained_on(split, dataset):
+        result["split_in_training"] = True
+        print(f"msseg-eval: note: {checkpoint} trained on {split!r} "
+              f"(train_split {model.meta.recipe['data']['train_split']!r}): this score is not held out",
+              file=sys.stderr)
 
 
 def _range(i: Interval) -> str:

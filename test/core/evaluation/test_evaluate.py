@@ -158,3 +158,9 @@ def test_a_score_on_a_split_the_model_trained_on_is_flagged(tmp_path, tiny_check
     assert main(["--checkpoint", str(only), "--json", str(tmp_path / "b.json"), *args]) == 0
     assert "not held out" not in capsys.readouterr().err
     assert "split_in_training" not in json.loads((tmp_path / "b.json").read_text())
+    # compared against the train+val model, the flag goes with the model that trained on the split
+    assert main(["--checkpoint", str(only), "--against", str(both), "--bootstrap", "50", "--json",
+                 str(tmp_path / "c.json"), *args]) == 0
+    assert f"{both} trained on 'val'" in capsys.readouterr().err
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert "split_in_training" not in report and report["against"]["split_in_training"] is True
