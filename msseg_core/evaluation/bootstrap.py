@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msseg_core.evaluation.metrics import iou_of, mean_over_present
+from msseg_core.evaluation.metrics import iou_of, json_number, mean_over_present
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,7 @@ class Interval:
     high: float
 
     def to_list(self) -> list[float | None]:
-        return [_clean(self.estimate), _clean(self.low), _clean(self.high)]
-
-
-def _clean(x: float) -> float | None:
-    return None if math.isnan(x) else float(x)
+        return [json_number(self.estimate), json_number(self.low), json_number(self.high)]
 
 
 def block_indices(num_frames: int, block: int, rng: np.random.Generator) -> np.ndarray:

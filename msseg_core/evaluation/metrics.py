@@ -10,6 +10,11 @@ import torch
 from msseg_core.classes import IGNORE_INDEX
 
 
+def json_number(x: float) -> float | None:
+    """A metric for a JSON report: NaN (a class that never occurs) becomes null, so the JSON stays valid."""
+    return None if math.isnan(x) else float(x)
+
+
 def iou_of(mat: np.ndarray) -> np.ndarray:
     """Per-class IoU of a confusion matrix, or of each in a stack (... x C x C -> ... x C); NaN for a class
     neither present nor predicted."""
@@ -108,15 +113,12 @@ class ConfusionMatrix:
         if len(class_names) != self.num_classes:
             raise ValueError(f"{len(class_names)} class names for {self.num_classes} classes")
 
-        def clean(x: float) -> float | None:
-            return None if math.isnan(x) else float(x)
-
         return {
             "miou": self.miou,
             "mean_acc": self.mean_accuracy,
             "pixel_acc": self.pixel_accuracy,
-            "per_class_iou": {c: clean(v) for c, v in zip(class_names, self.iou(), strict=True)},
-            "per_class_acc": {c: clean(v) for c, v in zip(class_names, self.class_accuracy(), strict=True)},
+            "per_class_iou": {c: json_number(v) for c, v in zip(class_names, self.iou(), strict=True)},
+            "per_class_acc": {c: json_number(v) for c, v in zip(class_names, self.class_accuracy(), strict=True)},
             "confusion_matrix": self.mat.tolist(),
             "num_images": self.num_images,
         }
