@@ -466,12 +466,13 @@ class Segmenter:
         return torch.ops.aten.upsample_bilinear2d.out(logits, list(size), False, None, None, out=out)
 
     @torch.inference_mode()
-    def logits_from_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """N x H x W x 3 uint8 on the device -> N x C x H x W float32 logits at the same H, W."""
+    def logits_from_tensor(self, batch: torch.Tensor, at_frame_size: bool = True) -> torch.Tensor:
+        """N x H x W x 3 uint8 on the device -> N x C x H x W float32 logits at the same H, W (or, with
+        `at_frame_size=False`, at the network's own resolution: a distillation teacher's sharpest targets)."""
         h, w = batch.shape[1:3]
         with self._lock:
             logits = self._network(self._preprocess(batch.to(self.device), None))
-            out = self._upsample(logits, (h, w), None)
+            out = self._upsample(logits, (h, w), None) if at_frame_size else logits
             return out.clone() if out is logits else out  # never hand out a backend's reused buffer
 
     def _network_stage(self, images: np.ndarray, owned: bool) -> NetworkOutput:

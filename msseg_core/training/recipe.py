@@ -108,7 +108,8 @@ class DistillConfig:
     teacher: str = ""  # zoo name or checkpoint of a trained network on the same classes; '' = no distillation
     weight: float = 1.0  # of the distillation term, next to the (class-weighted) cross-entropy
     temperature: float = 2.0  # softens both distributions; the term is scaled by T^2 (Hinton et al.)
-    target_scale: float = 0.5  # teacher logits are cached at this fraction of the frame size
+    target_scale: float = 0.5  # teacher logits are cached at this multiple of the frame size (up to 2)
+    tta: str = "none"  # 'flip': the teacher's logits are the mean over each frame and its mirror (Segmenter's tta)
 
 
 @dataclass
@@ -192,8 +193,12 @@ class Recipe:
             if self.data.pipeline != "gpu_resident":
                 raise RecipeError("distill.teacher needs data.pipeline gpu_resident (teacher logits are cached "
                                   "with the resident split)")
-            if self.distill.weight < 0 or self.distill.temperature <= 0 or not 0 < self.distill.target_scale <= 1:
-                raise RecipeError("distill needs weight >= 0, temperature > 0 and 0 < target_scale <= 1")
+            if self.distill.weight < 0 or self.distill.temperature <= 0 or not 0 < self.distill.target_scale <= 2:
+                raise RecipeError("distill needs weight >= 0, temperature > 0 and 0 < target_scale <= 2")
+            from msseg_core.runtime.segmenter import TTA_MODES  # the teacher runs through Segmenter
+
+            if self.distill.tta not in TTA_MODES:
+                raise RecipeError(f"distill.tta must be one of {', '.join(TTA_MODES)}, got {self.distill.tta!r}")
         if self.data.rare_crop_prob and not 0 <= self.data.rare_crop_prob <= 1:
             raise RecipeError(f"data.rare_crop_prob must be in [0, 1], got {self.data.rare_crop_prob}")
         if self.data.rare_crop_prob > 0:

@@ -268,9 +268,9 @@ def _distillation(recipe: Recipe, batches: TrainBatches, ce: nn.Module, class_na
         raise RecipeError(f"distill.teacher {d.teacher!r} predicts {meta.class_names}, the dataset has {class_names}")
     tic = time.perf_counter()
     source = batches.source
-    source.set_soft_targets(teacher_logits(teacher, meta, source.images, ctx.device, d.target_scale))
-    _say(ctx, quiet, f"distilling from {d.teacher} ({meta.model}): teacher logits of {len(source)} images in "
-                     f"{time.perf_counter() - tic:.0f} s, weight {d.weight}, temperature {d.temperature}")
+    source.set_soft_targets(teacher_logits(teacher, meta, source.images, ctx.device, d.target_scale, tta=d.tta))
+    _say(ctx, quiet, f"distilling from {d.teacher} ({meta.model}, tta {d.tta}): teacher logits of {len(source)} "
+                     f"images in {time.perf_counter() - tic:.0f} s, weight {d.weight}, temperature {d.temperature}")
     return DistillationLoss(ce, d.weight, d.temperature)
 
 

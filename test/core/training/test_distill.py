@@ -118,6 +118,7 @@ def test_a_student_distils_from_a_teacher_checkpoint(tmp_path, camvid_root, tiny
     train_mod.fit(r, tmp_path / "student", quiet=False)
     out = capsys.readouterr().out
     assert f"distilling from {tiny_checkpoint}" in out and "teacher logits of 8 images" in out
+    assert "tta none" in out
     assert (tmp_path / "student" / "best.safetensors").is_file()
     bad = recipe(tmp_path, STUDENT, DATA=str(camvid_root), TEACHER=str(tmp_path / "missing.safetensors"))
     with pytest.raises(RecipeError, match="distill.teacher"):
@@ -125,3 +126,51 @@ def test_a_student_distils_from_a_teacher_checkpoint(tmp_path, camvid_root, tiny
     with pytest.raises(RecipeError, match="gpu_resident"):
         recipe(tmp_path, STUDENT.replace("workers: 0}", "workers: 0, pipeline: loader}"), DATA=str(camvid_root),
                TEACHER=str(tiny_checkpoint))
+
+
+def test_a_flip_teacher_gives_the_mean_of_each_frame_and_its_mirror(tiny_checkpoint):
+    from msseg_core.checkpoint import load_checkpoint
+    from msseg_core.training.distill import teacher_logits
+
+    teacher, meta = load_checkpoint(tiny_checkpoint, device=torch.device("cpu"))
+    images = torch.randint(0, 256, (3, 3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain = teacher_logits(teacher, meta, images, torch.device("cpu"), scale=1.0).float()
+    mirrored = teacher_logits(teacher, meta, images.flip(3), torch.device("cpu"), scale=1.0).float().flip(3)
+    flip = teacher_logits(teacher, meta, images, torch.device("cpu"), scale=1.0, tta="flip").float()
+    assert not torch.allclose(plain, mirrored, atol=1e-2)  # the network is not mirror-symmetric: a real test
+    assert torch.allclose(flip, (plain + mirrored) / 2, atol=2e-2)  # fp16 cache
+
+
+def test_distillation_with_a_flip_teacher_trains_and_a_bad_tta_is_refused(tmp_path, camvid_root, tiny_checkpoint,
+                                                                          capsys):
+    text = STUDENT.replace("target_scale: 0.5}", "target_scale: 0.5, tta: flip}")
+    train_mod.fit(recipe(tmp_path, text, DATA=str(camvid_root), TEACHER=str(tiny_checkpoint)), tmp_path / "s",
+                  quiet=False)
+    assert "tta flip" in capsys.readouterr().out
+    assert (tmp_path / "s" / "last.safetensors").is_file()
+    with pytest.raises(RecipeError, match="distill.tta must be one of none, flip"):
+        recipe(tmp_path, text.replace("tta: flip", "tta: mirror"), DATA=str(camvid_root), TEACHER=str(tiny_checkpoint))
+
+
+def test_targets_above_the_frame_size_keep_the_teachers_own_resolution(tmp_path):
+    from tiny_model import write_tiny_checkpoint
+
+    from msseg_core.checkpoint import load_checkpoint
+    from msseg_core.runtime.segmenter import Segmenter
+    from msseg_core.training.distill import teacher_logits
+
+    # A teacher whose network input is twice the frames' size (as camvid's 540x720 is 1.5x CamVid's frames).
+    teacher, meta = load_checkpoint(write_tiny_checkpoint(tmp_path / "t.safetensors", input_size=(48, 64)),
+                                    device=torch.device("cpu"))
+    images = torch.randint(0, 256, (2, 3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+    sharp = teacher_logits(teacher, meta, images, cpu, scale=2.0).float()
+    own = Segmenter(teacher, meta, device="cpu", backend="torch").logits_from_tensor(
+        images.permute(0, 2, 3, 1).contiguous(), at_frame_size=False)
+    assert sharp.shape == own.shape == (2, meta.num_classes, 48, 64)
+    assert torch.allclose(sharp, own, atol=2e-2)  # the network's output itself (fp16 cache)
+    at_frame = teacher_logits(teacher, meta, images, cpu, scale=1.0).float()
+    assert at_frame.shape[-2:] == (24, 32)
+    blurred = torch.nn.functional.interpolate(at_frame, size=(48, 64), mode="bilinear", align_corners=False)
+    # not the frame-size targets scaled up: the detail is kept
+    assert (sharp - blurred).abs().mean() > 0.03 * sharp.abs().mean()
