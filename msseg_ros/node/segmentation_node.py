@@ -46,7 +46,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
+from rclpy.qos_overriding_options import InvalidQosOverridesError
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from msseg_core.checkpoint import CheckpointError
@@ -411,7 +411,9 @@ class SegmentationNode(LifecycleNode):
             self.cameras.append(Camera(name, index, road_grid))
 
     def _make_camera_entities(self, camera: Camera, transport: str) -> None:
-        qos_options = QoSOverridingOptions.with_default_policies
+        # Input durability is overridable too: a replay that must not lose its first frames to a late match
+        # asks for reliable + transient_local input (msseg-demo does, for its own camera).
+        qos_options = overridable(durability=True)
         # raw=True: frames arrive serialized and only the one the worker takes is deserialized (cdr.py).
         callback = lambda msg, camera=camera: self.image_callback(msg, camera)  # noqa: E731
         # Frames are taken by DirectTake's thread, not the executor (direct_take.py says why).
@@ -419,14 +421,14 @@ class SegmentationNode(LifecycleNode):
         if transport == "compressed":
             camera.image_sub = self.create_subscription(
                 CompressedImage, camera.topic(topics.COMPRESSED_IMAGE), callback, input_qos(),
-                qos_overriding_options=qos_options(), raw=True, callback_group=group)
+                qos_overriding_options=qos_options, raw=True, callback_group=group)
         else:
             camera.image_sub = self.create_subscription(
-                Image, camera.topic(topics.IMAGE), callback, input_qos(), qos_overriding_options=qos_options(),
+                Image, camera.topic(topics.IMAGE), callback, input_qos(), qos_overriding_options=qos_options,
                 raw=True, callback_group=group)
         camera.camera_info_sub = self.create_subscription(
             CameraInfo, camera.topic(topics.CAMERA_INFO), lambda msg, camera=camera: self.camera_info_callback(
-                msg, camera), input_qos(), qos_overriding_options=qos_options())
+                msg, camera), input_qos(), qos_overriding_options=qos_options)
         self._subscriptions_made += [camera.image_sub, camera.camera_info_sub]
         def publisher(msg_type: Any, name: str, qos: Any = None, durability: bool = False) -> Any:
             return self.create_lifecycle_publisher(msg_type, camera.topic(name), qos or output_qos(),

@@ -7,9 +7,10 @@ most two stale frames. Map-like outputs (road_grid, label_info): reliable and TR
 as Nav2's map consumers expect: KeepoutFilter/SpeedFilter subscribe to their mask reliable + transient
 local (hard-coded), StaticLayer transient local unless `map_subscribe_transient_local: false`; a
 transient-local publisher serves volatile subscribers too, and a late subscriber gets the latest grid at
-once. History, depth, reliability (and for map-like outputs durability) of every topic can be
-overridden at start-up through the standard `qos_overrides.<topic>.<publisher|subscription>.<policy>`
-parameters.
+once. History, depth, reliability (and for the inputs and map-like outputs durability) of every topic can
+be overridden at start-up through the standard `qos_overrides.<topic>.<publisher|subscription>.<policy>`
+parameters: reliable + transient_local input, from a transient_local camera, gets the frames the camera
+sent before the node's side of the match completed (msseg-demo's replay of a short recording).
 """
 
 from __future__ import annotations
