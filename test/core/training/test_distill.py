@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_model import write_tiny_checkpoint
 
+from msseg_core.checkpoint import load_checkpoint
 from msseg_core.classes import IGNORE_INDEX
 from msseg_core.data.gpu import GpuResidentData
 from msseg_core.models.encoders import pretrained_path, read_state_dict
+from msseg_core.runtime.segmenter import Segmenter
 from msseg_core.training import train as train_mod
-from msseg_core.training.distill import DistillationLoss
+from msseg_core.training.distill import DistillationLoss, teacher_logits
 from msseg_core.training.recipe import RecipeError, load_recipe
 
 PRETRAINED = """
@@ -129,9 +132,6 @@ def test_a_student_distils_from_a_teacher_checkpoint(tmp_path, camvid_root, tiny
 
 
 def test_a_flip_teacher_gives_the_mean_of_each_frame_and_its_mirror(tiny_checkpoint):
-    from msseg_core.checkpoint import load_checkpoint
-    from msseg_core.training.distill import teacher_logits
-
     teacher, meta = load_checkpoint(tiny_checkpoint, device=torch.device("cpu"))
     images = torch.randint(0, 256, (3, 3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     plain = teacher_logits(teacher, meta, images, torch.device("cpu"), scale=1.0).float()
@@ -153,12 +153,6 @@ def test_distillation_with_a_flip_teacher_trains_and_a_bad_tta_is_refused(tmp_pa
 
 
 def test_targets_above_the_frame_size_keep_the_teachers_own_resolution(tmp_path):
-    from tiny_model import write_tiny_checkpoint
-
-    from msseg_core.checkpoint import load_checkpoint
-    from msseg_core.runtime.segmenter import Segmenter
-    from msseg_core.training.distill import teacher_logits
-
     # A teacher whose network input is twice the frames' size (as camvid's 540x720 is 1.5x CamVid's frames).
     teacher, meta = load_checkpoint(write_tiny_checkpoint(tmp_path / "t.safetensors", input_size=(48, 64)),
                                     device=torch.device("cpu"))

@@ -24,6 +24,7 @@ from helpers_ros import (
     rgb_image,
     stamp_key,
 )
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 
@@ -33,7 +34,8 @@ from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
 from msseg_ros.node.pipeline import COUNTERS, all_accounted
 from msseg_ros.node.road_grid import ROAD_GRID_DEFAULTS
 from msseg_ros.node.segmentation_node import OUTPUT_ENCODINGS, ConfigError
-from msseg_ros.transport.graph import NodeProcess
+from msseg_ros.transport import topics
+from msseg_ros.transport.graph import NodeProcess, PrivateContext
 from msseg_ros.transport.image_codec import DECODABLE_ENCODINGS, decode, decode_image, encode_compressed
 
 pytestmark = pytest.mark.ros
@@ -415,11 +417,6 @@ def test_input_durability_override_gets_frames_sent_before_the_node_matched(tiny
     """A replay of a few frames must not be lost to a node whose side of the match completes late
     (msseg-demo's bag replay on a loaded machine): with `qos_overrides.<image>.subscription.durability:
     transient_local` (and reliable) the node is sent what a transient_local camera published before the match."""
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-    from msseg_ros.transport import topics
-    from msseg_ros.transport.graph import PrivateContext
-
     ns = namespace("late")
     topic = topics.in_namespace(ns, topics.IMAGE)
     overrides = {f"qos_overrides.{topic}.subscription.reliability": "reliable",
