@@ -94,6 +94,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # CPU intra-op threads (0: torch's default)
     channels_last: str = "auto"  # auto (CUDA only) | on | off: NHWC activations while training
+    ema_decay: float = 0.0  # > 0: validate and save the weights' moving average at this decay per step (0 = off)
 
 
 @dataclass
@@ -189,6 +190,9 @@ class Recipe:
         for key in non_negative:
             if _get(self, key) < 0:
                 raise RecipeError(f"{key} must be >= 0, got {_get(self, key)}")
+        if not 0 <= self.train.ema_decay < 1:
+            raise RecipeError(f"train.ema_decay must be in [0, 1) (0 = off; 0.99-0.999 are usual), got "
+                              f"{self.train.ema_decay}")
         if self.distill.teacher:
             if self.data.pipeline != "gpu_resident":
                 raise RecipeError("distill.teacher needs data.pipeline gpu_resident (teacher logits are cached "

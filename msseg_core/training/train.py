@@ -4,7 +4,10 @@ process per GPU with DDP).
 Per epoch: train, validate mIoU on the val split through a `Segmenter` at the recipe's eval size
 (the numbers msseg-eval would report), log (TensorBoard, metrics.csv, curves.png) and write
 `last.safetensors` (+ `best.safetensors` when val mIoU improves) and then `train_state.safetensors`
-(optimizer, scheduler, scaler, RNG, epoch) for `--resume`. Every file is replaced atomically, so a
+(optimizer, scheduler, scaler, RNG, epoch) for `--resume`. With `train.ema_decay` the network validated and
+written to those files is the weights' moving average (training/ema.py); the trained weights themselves go
+to `last_raw.safetensors` (to compare: `msseg-eval --checkpoint last.safetensors --against
+last_raw.safetensors`) and into the training state. Every file is replaced atomically, so a
 kill at any moment leaves a consistent run that loses at most the epoch in progress.
 
 Randomness is reseeded at the start of every epoch from (seed, epoch, rank), so an epoch draws the
@@ -18,6 +21,7 @@ weights (`resolve_recipe`, `init_weights`); with another class table only the cl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -39,6 +43,7 @@ from msseg_core.evaluation.metrics import ConfusionMatrix
 from msseg_core.runtime.segmenter import Segmenter
 from msseg_core.training.batches import TrainBatches
 from msseg_core.training.distributed import Dist, seed_everything, setup_distributed
+from msseg_core.training.ema import weight_ema
 from msseg_core.training.log import RunLog
 from msseg_core.training.losses import DetailHead, SegmentationLoss, mfb_weights
 from msseg_core.training.network import build_network, make_optimizer, unwrap
@@ -47,6 +52,7 @@ from msseg_core.training.schedule import lr_factor, set_schedule_step
 from msseg_core.training.state import load_train_state, rng_state, save_train_state, set_rng_state
 
 LAST, BEST, STATE, RECIPE = "last.safetensors", "best.safetensors", "train_state.safetensors", "recipe.yaml"
+RAW = "last_raw.safetensors"  # the trained weights when last/best hold their moving average
 
 
 # ------------------------------------------------------------------------------------ distributed
@@ -59,9 +65,11 @@ LAST, BEST, STATE, RECIPE = "last.safetensors", "best.safetensors", "train_state
 def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Dist,
                     amp_dtype: torch.dtype | None, grad_clip: float = 0.0, progress=None,
-                    channels_last: bool = False, frozen: nn.Module | None = None) -> float:
+                    channels_last: bool = False, frozen: nn.Module | None = None,
+                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> float:
     """One pass over the training batches; returns the mean loss over steps and ranks. `frozen`: a part of
-    the model kept in eval mode (its BatchNorm statistics fixed; its parameters are set not to need gradients)."""
+    the model kept in eval mode (its BatchNorm statistics fixed; its parameters are set not to need gradients).
+    `ema`: the weights' moving average, updated after every step."""
     model.train()
     if frozen is not None:
         frozen.eval()
@@ -80,6 +88,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         total += loss.detach()
         steps += 1
         if progress is not None:
@@ -128,11 +138,13 @@ def _amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if recipe.train.amp_dtype == "bf16" else torch.float16
 
 
-def _sync_buffers(model: nn.Module, ctx: Dist) -> None:
-    """BatchNorm running stats drift per rank between DDP's broadcasts: make rank 0's the truth."""
+def _sync_buffers(modules: Iterable[nn.Module], ctx: Dist) -> None:
+    """BatchNorm running stats drift per rank between DDP's broadcasts (and so does their moving average):
+    make rank 0's the truth."""
     if ctx.enabled:
-        for buf in unwrap(model).buffers():
-            dist.broadcast(buf, 0)
+        for module in modules:
+            for buf in unwrap(module).buffers():
+                dist.broadcast(buf, 0)
 
 
 def fit(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, quiet: bool = False) -> nn.Module:
@@ -168,6 +180,12 @@ class _Run:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     channels_last: bool = False
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The network that is validated and written to last/best: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def _prepare(recipe: Recipe, ctx: Dist, quiet: bool, init: bool = True) -> _Run:
@@ -205,6 +223,9 @@ def _prepare(recipe: Recipe, ctx: Dist, quiet: bool, init: bool = True) -> _Run:
     channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # measured: 1.3x faster steps for Lite2 on a CPU
+    ema = None
+    if t.ema_decay > 0:  # copied before the detail head hooks into the model: the copy must not feed it
+        ema = weight_ema(model, t.ema_decay)
 
     batches = TrainBatches(train_ds, recipe, ctx)
     weights = None
@@ -228,10 +249,13 @@ def _prepare(recipe: Recipe, ctx: Dist, quiet: bool, init: bool = True) -> _Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(recipe.optim.schedule, t.epochs * batches.steps, warmup, recipe.optim.poly_power))
     amp_dtype = _amp_dtype(recipe, device)
+    if ema is not None:
+        _say(ctx, quiet, f"validating and saving the weights' moving average: decay {t.ema_decay}, about "
+                         f"{1 / (1 - t.ema_decay) / batches.steps:.1f} epochs of {batches.steps} steps")
     return _Run(val_ds=val_ds, class_names=list(classes.names), meta=meta, model=model, batches=batches,
                 criterion=criterion, optimizer=optimizer,
                 scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                amp_dtype=amp_dtype, channels_last=channels_last)
+                amp_dtype=amp_dtype, channels_last=channels_last, ema=ema)
 
 
 def _detail_head(model: nn.Module, recipe: Recipe, device: torch.device) -> DetailHead:
@@ -315,12 +339,12 @@ def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.
                 train_loss = train_one_epoch(model, run.batches.epoch(epoch), run.criterion, run.optimizer,
                                              run.scheduler, run.scaler, ctx, run.amp_dtype, recipe.optim.grad_clip,
                                              progress=bar if show_bar else None, channels_last=run.channels_last,
-                                             frozen=frozen)
-            _sync_buffers(model, ctx)
+                                             frozen=frozen, ema=run.ema)
+            _sync_buffers([model] + ([run.ema.module] if run.ema is not None else []), ctx)
             row = {"epoch": epoch, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"]}
             improved = False
             if epoch % t.val_every == 0 or epoch == t.epochs:
-                cm, val_loss = validate(run.model, run.meta, run.val_ds, run.criterion, ctx, t.val_batch_size)
+                cm, val_loss = validate(run.shipped, run.meta, run.val_ds, run.criterion, ctx, t.val_batch_size)
                 last_val = {"val_miou": cm.miou, "val_pixel_acc": cm.pixel_accuracy, "val_loss": val_loss,
                             "per_class_iou": cm.to_dict(run.class_names)["per_class_iou"], "val_epoch": epoch}
                 row.update(val_loss=val_loss, val_miou=cm.miou, val_pixel_acc=cm.pixel_accuracy)
@@ -335,7 +359,7 @@ def _fit(recipe: Recipe, out: Path, resume: bool, quiet: bool, ctx: Dist) -> nn.
             ctx.barrier()
     finally:
         log.close()
-    return run.model
+    return run.shipped
 
 
 def _set_frozen(net: nn.Module, encoder: nn.Module | None, freeze: bool,
@@ -360,8 +384,11 @@ def _save_epoch(out: Path, run: _Run, epoch: int, improved: bool, best: float, b
     (best before last: a kill between them must not leave best.safetensors behind for good)."""
     run.meta.metrics = {"epoch": epoch, **last_val, "best_miou": max(best, 0.0), "best_epoch": best_epoch}
     if improved:
-        save_checkpoint(out / BEST, run.model, run.meta)
-    save_checkpoint(out / LAST, run.model, run.meta)
+        save_checkpoint(out / BEST, run.shipped, run.meta)
+    if run.ema is not None:  # not validated: its metrics say only which epoch it is
+        save_checkpoint(out / RAW, run.model, dataclasses.replace(run.meta, metrics={
+            "epoch": epoch, "weights": f"trained, not averaged ({LAST} holds the average)"}))
+    save_checkpoint(out / LAST, run.shipped, run.meta)
     _save_state(out, run, epoch, best, best_epoch, last_val, ctx)
 
 
@@ -371,7 +398,9 @@ def _save_state(out: Path, run: _Run, epoch: int, best: float, best_epoch: int, 
         "epoch": epoch, "best_miou": best, "best_epoch": best_epoch, "last_val": last_val,
         "world_size": ctx.world_size, "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state(),
-        **({"detail_head": run.criterion.detail.state_dict()} if run.criterion.detail is not None else {})})
+        **({"detail_head": run.criterion.detail.state_dict()} if run.criterion.detail is not None else {}),
+        **({"raw_model": run.model.state_dict(), "ema_updates": int(run.ema.n_averaged)}
+           if run.ema is not None else {})})
 
 
 def recipe_yaml(recipe: Recipe) -> str:
@@ -399,7 +428,7 @@ def _restore(out: Path, recipe: Recipe, run: _Run, ctx: Dist, quiet: bool) -> tu
     if meta.model != recipe.model.name or meta.model_args != recipe.model.args:
         raise RecipeError(f"--resume: {out / LAST} holds {meta.model} {meta.model_args}, the recipe asks for "
                           f"{recipe.model.name} {recipe.model.args}")
-    model.load_state_dict(load_file(str(out / LAST), device=str(ctx.device)), strict=True)
+    run.shipped.load_state_dict(load_file(str(out / LAST), device=str(ctx.device)), strict=True)
     state = load_train_state(out / STATE)
     ck_epoch, st_epoch = int(meta.metrics.get("epoch", -1)), int(state["epoch"])
     if ck_epoch not in (st_epoch, st_epoch + 1):
@@ -409,13 +438,20 @@ def _restore(out: Path, recipe: Recipe, run: _Run, ctx: Dist, quiet: bool) -> tu
         detail.load_state_dict(state["detail_head"])
     elif detail is not None or "detail_head" in state:
         raise RecipeError(f"--resume: {STATE} and the recipe disagree on loss.detail_weight (the detail head)")
+    if (run.ema is not None) != ("raw_model" in state):
+        raise RecipeError(f"--resume: {STATE} and the recipe disagree on train.ema_decay (whether {LAST} holds "
+                          "the weights' moving average)")
+    if run.ema is not None:
+        model.load_state_dict({k: v.to(ctx.device) for k, v in state["raw_model"].items()}, strict=True)
+        run.ema.n_averaged.fill_(int(state["ema_updates"]))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     if ck_epoch == st_epoch + 1:  # killed between the two writes: weights are one epoch newer
         _say(ctx, quiet, f"warning: {STATE} is one epoch older than {LAST}; continuing from epoch {ck_epoch} "
-                         "with the older optimizer moments")
+                         "with the older optimizer moments" + (" and trained weights (the average in "
+                                                                f"{LAST} is epoch {ck_epoch}'s)" if run.ema else ""))
     # The schedule is a function of the step: re-anchor it (also right when epochs or batch size changed).
     set_schedule_step(scheduler, ck_epoch * run.batches.steps)
     best, best_epoch = float(state["best_miou"]), int(state["best_epoch"])
