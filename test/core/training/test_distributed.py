@@ -1,6 +1,7 @@
 """DDP on the CPU (gloo): two ranks launched like torchrun (RANK / WORLD_SIZE / MASTER_* in the
 environment) end with identical weights, rank 0 alone writes one set of checkpoints and logs, and the
-validation confusion matrices are summed over the ranks' shards."""
+validation confusion matrices are summed over the ranks' shards. The loader run also keeps the weights'
+moving average (train.ema_decay), whose BatchNorm statistics must agree across the ranks too."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ model: {name: mssanet, args: {width: 0.0625, num_pools: 3}}
 data: {root: DATA, crop_size: [32, 48], eval_size: [32, 48], scale_range: [0.75, 1.25], pipeline: PIPELINE,
        workers: 0}
 optim: {name: adamw, lr: 0.01, schedule: poly}
-train: {epochs: 2, batch_size: 2, val_batch_size: 2, class_weighting: mfb, device: cpu, sync_bn: true}
+train: {epochs: 2, batch_size: 2, val_batch_size: 2, class_weighting: mfb, device: cpu, sync_bn: true, ema_decay: EMA}
 """
+EMA = {"gpu_resident": 0.0, "loader": 0.5}
 
 
 def free_port() -> int:
@@ -56,7 +58,8 @@ def ddp_runs(tmp_path_factory):
     data = write_fake_camvid(tmp / "data", "train", n=9, size=(32, 48), seed=0)  # 9: ranks get padded shards
     write_fake_camvid(data, "val", n=5, size=(32, 48), seed=1)  # 5: shards of 3 and 2 images
     for pipeline in PIPELINES:
-        (tmp / f"{pipeline}.yaml").write_text(RECIPE.replace("DATA", str(data)).replace("PIPELINE", pipeline))
+        (tmp / f"{pipeline}.yaml").write_text(RECIPE.replace("DATA", str(data)).replace("PIPELINE", pipeline)
+                                                  .replace("EMA", str(EMA[pipeline])))
     env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",)}
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
@@ -83,8 +86,9 @@ def test_ranks_end_identical_with_one_set_of_checkpoints(ddp_runs, pipeline):
         torch.testing.assert_close(last[k], a[k], rtol=0, atol=0, msg=k)
     out = tmp / pipeline
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["best.safetensors", "curves.png", "last.safetensors", "metrics.csv", "recipe.yaml",
-                     "tensorboard", "train_state.safetensors"]
+    raw = ["last_raw.safetensors"] if EMA[pipeline] else []
+    assert names == sorted(["best.safetensors", "curves.png", "last.safetensors", "metrics.csv", "recipe.yaml",
+                            "tensorboard", "train_state.safetensors", *raw])
     assert len(list((out / "tensorboard").iterdir())) == 1
     with open(out / "metrics.csv", newline="") as fh:
         assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]
