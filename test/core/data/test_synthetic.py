@@ -300,7 +300,7 @@ def test_bag_source(tmp_path):
 class _Listener:
     """A real rclpy subscriber (own context) to a camera's image, camera_info and ground truth."""
 
-    def __init__(self, ns: str, reliable: bool = True, transient_local: bool = False):
+    def __init__(self, ns: str, reliable: bool = True, transient_local: bool = False, depth: int = 50):
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
 
@@ -310,7 +310,7 @@ class _Listener:
         self.lock = threading.Lock()
         self._ros = PrivateContext("camera_test_listener")
         policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
-        qos = QoSProfile(depth=50, reliability=policy, durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local
+        qos = QoSProfile(depth=depth, reliability=policy, durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local
                          else DurabilityPolicy.VOLATILE)
         for key, topic, typ in (("image", f"{ns}/image", Image), ("camera_info", f"{ns}/camera_info", CameraInfo),
                                 ("labels", f"{ns}/ground_truth/labels", Image)):
@@ -386,7 +386,9 @@ def test_a_transient_local_camera_keeps_its_frames_for_a_reader_that_matches_lat
         with NodeProcess("synthetic_camera", args) as camera:
             _wait_until(lambda: len(early.got["labels"]) >= 3, 60)
             assert len(early.got["labels"]) >= 3, camera.output()
-            late = _Listener(ns, transient_local=True)  # joins after those frames went out
+            # joins after those frames went out; its history holds the camera's whole one (200), which
+            # arrives at once: a shorter one keeps only the newest of them (as the demo's readers hold its 30)
+            late = _Listener(ns, transient_local=True, depth=200)
             first = min(early.got["image"])
             _wait_until(lambda: all(first in late.got[k] for k in late.got), 20)
     finally:
