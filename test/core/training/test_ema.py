@@ -27,16 +27,6 @@ train: {epochs: 2, batch_size: 4, val_batch_size: 4, class_weighting: mfb, devic
 """
 
 
-@pytest.fixture(scope="module")
-def camvid_root(tmp_path_factory) -> Path:
-    from fake_datasets import write_fake_camvid
-
-    root = tmp_path_factory.mktemp("camvid")
-    write_fake_camvid(root, "train", n=12, size=(32, 48), seed=0)
-    write_fake_camvid(root, "val", n=4, size=(32, 48), seed=1)
-    return root
-
-
 def recipe_file(folder: Path, data: Path, ema: float) -> Path:
     path = folder / f"ema_{ema}.yaml"
     path.write_text(RECIPE.replace("DATA", str(data)).replace("EMA", str(ema)))

@@ -189,16 +189,6 @@ train: {epochs: EPOCHS, batch_size: 4, val_batch_size: 4, class_weighting: mfb, 
 """
 
 
-@pytest.fixture(scope="module")
-def camvid_root(tmp_path_factory) -> Path:
-    from fake_datasets import write_fake_camvid
-
-    root = tmp_path_factory.mktemp("camvid")
-    write_fake_camvid(root, "train", n=12, size=(32, 48), seed=0)
-    write_fake_camvid(root, "val", n=4, size=(32, 48), seed=1)
-    return root
-
-
 def tiny_recipe(folder: Path, data: Path, epochs: int, pipeline: str = "gpu_resident") -> Path:
     path = folder / f"tiny_{pipeline}_{epochs}.yaml"
     path.write_text(TINY_RECIPE.replace("DATA", str(data)).replace("EPOCHS", str(epochs))
