@@ -35,14 +35,7 @@ distill: {teacher: TEACHER, weight: 1.0, temperature: 2.0, target_scale: 0.5}
 """
 
 
-@pytest.fixture(scope="module")
-def camvid_root(tmp_path_factory) -> Path:
-    from fake_datasets import write_fake_camvid
-
-    root = tmp_path_factory.mktemp("camvid")
-    write_fake_camvid(root, "train", n=8, size=(32, 48), seed=0)
-    write_fake_camvid(root, "val", n=4, size=(32, 48), seed=1)
-    return root
+CAMVID_TRAIN_FRAMES = 8  # conftest's camvid_root: these runs train on 8 generated frames
 
 
 def recipe(tmp_path: Path, text: str, **subs: str):
