@@ -4,7 +4,9 @@
         --split val --out runs/x/calibrated.safetensors --png docs/reliability.png
 
 Fits one temperature on the split, writes it into a copy of the checkpoint and draws the reliability
-diagrams before and after (msseg_core.evaluation.temperature says why and how).
+diagrams before and after (msseg_core.evaluation.temperature says why and how). `--input-size` deploys the
+checkpoint at another network input (one chosen on val with `msseg-eval --input-size`): the temperature is
+fitted there, and the copy runs there by default, wherever it is loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from msseg_core.cli.common import configure_process
+from msseg_core.cli.common import configure_process, parse_size
 from msseg_core.evaluation.temperature import fit_split_temperature, plot_reliability
 
 
@@ -29,6 +31,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="held-out split to fit on (a split expression; refused when the checkpoint trained on it)")
     p.add_argument("--dataset", default=None, help="dataset loader (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="where to write the calibrated checkpoint (may be --checkpoint)")
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW",
+                   help="the network input the copy runs at (default: the checkpoint's); the fit runs at it, and "
+                        "with --temperature-from the donor must have been fitted at it")
     p.add_argument("--half", action="store_true",
                    help="store the weights as fp16 (half the file, how the zoo ships them; inference casts back)")
     p.add_argument("--png", default=None, help="reliability diagram before / after")
@@ -56,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = resolve_checkpoint(args.checkpoint)
         model, meta = load_checkpoint(path)
+        if args.input_size:
+            meta.input_size = list(args.input_size)
         if meta.trained_on(args.split, args.dataset):
             raise ValueError(f"{path} trained on frames of {args.split!r} (train_split "
                              f"{meta.recipe['data']['train_split']!r}): a temperature fitted there is over-confident; "
@@ -66,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msseg-calibrate: error: {exc}", file=sys.stderr)
         return 2
-    summary = {**result.summary(), "split": args.split, "checkpoint": str(path)}
+    summary = {**result.summary(), "split": args.split, "checkpoint": str(path), "input_size": meta.input_size}
     _save_calibrated(args, path, model, meta, result.temperature, summary)
     print(f"temperature {result.temperature:.3f}: ECE {100 * result.before.ece:.2f}% -> {100 * result.after.ece:.2f}% "
           f"on {summary['pixels_scored']} pixels of {args.split}; wrote {args.out}")
@@ -99,12 +106,22 @@ def _transfer(args: argparse.Namespace) -> int:
         fitted = donor.metrics.get("calibration")
         if not fitted or donor.temperature == 1.0:
             raise ValueError(f"{source} is not calibrated (no fitted temperature): run msseg-calibrate on it first")
+        if args.input_size:
+            meta.input_size = list(args.input_size)
+        if donor.input_size != meta.input_size:  # a temperature holds for the input it was fitted at
+            raise ValueError(f"{source} was calibrated at a {_hw(donor.input_size)} network input, {path} runs at "
+                             f"{_hw(meta.input_size)}: give --input-size {_hw(donor.input_size)}, or calibrate "
+                             "the donor at this input")
     except (CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msseg-calibrate: error: {exc}", file=sys.stderr)
         return 2
     _save_calibrated(args, path, model, meta, donor.temperature, {**fitted, "transferred_from": str(source)})
     print(f"temperature {donor.temperature:.3f} from {source} (fitted on its {fitted.get('split')}); wrote {args.out}")
     return 0
+
+
+def _hw(size: list[int]) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 if __name__ == "__main__":

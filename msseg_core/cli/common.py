@@ -46,11 +46,12 @@ def add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: the usable cores)")
     p.add_argument("--tta", default="none", choices=("none", "flip"),
                    help="flip: also run the mirrored image and average the logits (as the node's tta)")
-    p.add_argument("--input-size", type=_size, default=None, metavar="HxW",
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW",
                    help="network input size (default: the checkpoint's; as the node's input_height/width)")
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type for HEIGHTxWIDTH."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -116,3 +117,43 @@ def test_msseg_calibrate_takes_the_temperature_of_the_train_only_sibling(tmp_pat
     assert "not calibrated" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tiny_checkpoint), "--out", str(out)])  # neither data nor a donor
+
+
+def test_msseg_calibrate_deploys_a_checkpoint_at_another_input_fitted_there(tmp_path, tiny_checkpoint, capsys):
+    """--input-size: the copy runs at the new network input wherever it is loaded, its temperature is the one
+    fitted at that input (not at the checkpoint's own), and a temperature is only transferred between the
+    same inputs."""
+    from fake_datasets import write_fake_camvid
+
+    from msseg_core.data import build_dataset
+    from msseg_core.evaluation.temperature import fit_split_temperature
+
+    root = tmp_path / "camvid"
+    write_fake_camvid(root, "val", n=3, size=(32, 48), seed=1)
+    own = list(load_meta(tiny_checkpoint).input_size)
+    plain = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch")
+    for frame in sorted((root / "val").glob("*.png")):  # labels = its own answers at its own input: T differs
+        rgb = cv2.cvtColor(cv2.imread(str(frame)), cv2.COLOR_BGR2RGB)  # between that input and another
+        cv2.imwrite(str(root / "valannot" / frame.name), plain.predict(rgb).astype(np.uint8))
+    wide = [own[0], own[1] * 2]
+    out = tmp_path / "wide.safetensors"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data-root", str(root), "--out", str(out),
+                 "--input-size", f"{wide[0]}x{wide[1]}", "--device", "cpu"]) == 0, capsys.readouterr().err
+    meta = load_meta(out)
+    assert meta.input_size == wide and meta.metrics["calibration"]["input_size"] == wide
+    assert list(Segmenter.from_checkpoint(out, device="cpu", backend="torch").input_size) == wide
+    dataset = build_dataset("camvid", root, "val")
+    at = {tuple(size): fit_split_temperature(Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch",
+                                                                       input_size=tuple(size)), dataset).temperature
+          for size in (own, wide)}
+    assert at[tuple(own)] != pytest.approx(at[tuple(wide)], rel=1e-3)  # the input changes the logits' scale
+    assert meta.temperature == pytest.approx(at[tuple(wide)], rel=1e-3)
+
+    moved = tmp_path / "moved.safetensors"
+    args = ["--checkpoint", str(tiny_checkpoint), "--temperature-from", str(out), "--out", str(moved)]
+    assert main(args) == 2  # fitted at the wide input, the checkpoint runs at its own
+    err = capsys.readouterr().err
+    assert f"calibrated at a {wide[0]}x{wide[1]} network input" in err and f"--input-size {wide[0]}x{wide[1]}" in err
+    assert not moved.exists()
+    assert main([*args, "--input-size", f"{wide[0]}x{wide[1]}"]) == 0
+    assert load_meta(moved).input_size == wide and load_meta(moved).temperature == meta.temperature
