@@ -2,7 +2,7 @@
 
 Teacher logits are computed once per training image, at `target_scale` of its size (fp16: CamVid's 367
 frames at 0.5x take 350 MB; a teacher whose network input is larger than the frame keeps its detail up to
-that size, e.g. 1.5x for `camvid`'s 540x720 on 360x480 frames, 3.1 GB). They are cut by the same scale /
+that size, e.g. 1.5x for a 540x720 teacher on 360x480 frames, 3.1 GB). They are cut by the same scale /
 crop / flip as each training crop (`GpuResidentData.set_soft_targets`), so teacher and student look at the
 same view while the teacher costs one forward pass per image for the whole run instead of one per crop and
 epoch. The teacher sees the un-jittered frame at its own input size and normalisation, through `Segmenter`,

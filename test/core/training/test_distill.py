@@ -146,7 +146,7 @@ def test_distillation_with_a_flip_teacher_trains_and_a_bad_tta_is_refused(tmp_pa
 
 
 def test_targets_above_the_frame_size_keep_the_teachers_own_resolution(tmp_path):
-    # A teacher whose network input is twice the frames' size (as camvid's 540x720 is 1.5x CamVid's frames).
+    # A teacher whose network input is twice the frames' size (as a 540x720 input is 1.5x CamVid's frames).
     teacher, meta = load_checkpoint(write_tiny_checkpoint(tmp_path / "t.safetensors", input_size=(48, 64)),
                                     device=torch.device("cpu"))
     images = torch.randint(0, 256, (2, 3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
