@@ -126,6 +126,7 @@ def test_msseg_calibrate_deploys_a_checkpoint_at_another_input_fitted_there(tmp_
     from fake_datasets import write_fake_camvid
 
     from msseg_core.data import build_dataset
+    from msseg_core.data.datasets import read_rgb
     from msseg_core.evaluation.temperature import fit_split_temperature
 
     root = tmp_path / "camvid"
@@ -133,8 +134,8 @@ def test_msseg_calibrate_deploys_a_checkpoint_at_another_input_fitted_there(tmp_
     own = list(load_meta(tiny_checkpoint).input_size)
     plain = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch")
     for frame in sorted((root / "val").glob("*.png")):  # labels = its own answers at its own input: T differs
-        rgb = cv2.cvtColor(cv2.imread(str(frame)), cv2.COLOR_BGR2RGB)  # between that input and another
-        cv2.imwrite(str(root / "valannot" / frame.name), plain.predict(rgb).astype(np.uint8))
+        labels = plain.predict(read_rgb(frame)).astype(np.uint8)  # between that input and another
+        cv2.imwrite(str(root / "valannot" / frame.name), labels)
     wide = [own[0], own[1] * 2]
     out = tmp_path / "wide.safetensors"
     assert main(["--checkpoint", str(tiny_checkpoint), "--data-root", str(root), "--out", str(out),
