@@ -90,7 +90,7 @@ class TrainConfig:
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 adds a GradScaler)
     seed: int = 0
     val_every: int = 1
-    sync_bn: bool = False
+    sync_bn: bool = False  # under DDP: BatchNorm over all ranks' crops (nn.SyncBatchNorm on CUDA, sync_bn.py on CPU)
     device: str = "auto"
     threads: int = 0  # CPU intra-op threads (0: torch's default)
     channels_last: str = "auto"  # auto (CUDA only) | on | off: NHWC activations while training

@@ -50,15 +50,10 @@ from msseg_core.training.network import build_network, make_optimizer, unwrap
 from msseg_core.training.recipe import Recipe, RecipeError, resolve_recipe, save_recipe
 from msseg_core.training.schedule import lr_factor, set_schedule_step
 from msseg_core.training.state import load_train_state, rng_state, save_train_state, set_rng_state
+from msseg_core.training.sync_bn import convert_group_batchnorm
 
 LAST, BEST, STATE, RECIPE = "last.safetensors", "best.safetensors", "train_state.safetensors", "recipe.yaml"
 RAW = "last_raw.safetensors"  # the trained weights when last/best hold their moving average
-
-
-# ------------------------------------------------------------------------------------ distributed
-
-
-# ---------------------------------------------------------------------------------- pieces of a run
 
 
 # --------------------------------------------------------------------------------- epoch functions
@@ -214,11 +209,9 @@ def _prepare(recipe: Recipe, ctx: Dist, quiet: bool, init: bool = True) -> _Run:
     if recipe.optim.freeze_encoder_epochs and not isinstance(getattr(model, "encoder", None), nn.Module):
         raise RecipeError(f"optim.freeze_encoder_epochs: model {recipe.model.name!r} has no `encoder` to freeze "
                           "(set it to 0)")
-    if ctx.enabled and t.sync_bn:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:  # torch's SyncBatchNorm runs on GPUs only
-            _say(ctx, quiet, "warning: train.sync_bn needs CUDA; ignored on the CPU")
+    if ctx.enabled and t.sync_bn:  # torch's SyncBatchNorm has CUDA kernels only; on the CPU, ours (sync_bn.py)
+        model = (nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda"
+                 else convert_group_batchnorm(model))
     model.to(device)
     channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
     if channels_last:
@@ -469,6 +462,3 @@ def _restore(out: Path, recipe: Recipe, run: _Run, ctx: Dist, quiet: bool) -> tu
     _say(ctx, quiet, f"resuming {out} after epoch {ck_epoch} (best val mIoU {100 * max(best, 0):.2f}% "
                      f"at epoch {best_epoch})")
     return ck_epoch, best, best_epoch, last_val
-
-
-# -------------------------------------------------------------------------------------------- CLI

@@ -1,7 +1,8 @@
 """DDP on the CPU (gloo): two ranks launched like torchrun (RANK / WORLD_SIZE / MASTER_* in the
-environment) end with identical weights, rank 0 alone writes one set of checkpoints and logs, and the
-validation confusion matrices are summed over the ranks' shards. The loader run also keeps the weights'
-moving average (train.ema_decay), whose BatchNorm statistics must agree across the ranks too."""
+environment) end with identical weights, rank 0 alone writes one set of checkpoints and logs, the validation
+confusion matrices are summed over the ranks' shards, and `train.sync_bn` shares BatchNorm's batch statistics
+across the ranks. The loader run also keeps the weights' moving average (train.ema_decay), whose BatchNorm
+statistics must agree across the ranks too."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def worker(rank: int, world: int, ports: list[int], tmp: str) -> None:
         model = fit(recipe, Path(tmp) / pipeline, quiet=True)
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(Path(tmp) / f"{pipeline}_rank{rank}.safetensors"))
+        norms = {type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        (Path(tmp) / f"{pipeline}_rank{rank}_norms.txt").write_text(" ".join(sorted(norms)))
 
 
 pytestmark = pytest.mark.slow  # real DDP runs (two processes)
@@ -92,6 +95,14 @@ def test_ranks_end_identical_with_one_set_of_checkpoints(ddp_runs, pipeline):
     assert len(list((out / "tensorboard").iterdir())) == 1
     with open(out / "metrics.csv", newline="") as fh:
         assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_sync_bn_shares_batch_statistics_across_cpu_ranks(ddp_runs, pipeline):
+    """train.sync_bn on gloo: every BatchNorm of the trained network normalised over both ranks' crops."""
+    tmp, _ = ddp_runs
+    for rank in (0, 1):
+        assert (tmp / f"{pipeline}_rank{rank}_norms.txt").read_text() == "GroupBatchNorm2d"
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
