@@ -3,8 +3,8 @@
 Under DDP each rank normalises its own share of the batch: two CPU processes with `train.batch_size: 4` each
 normalise over 4 crops where one process of batch 8 normalised over 8. torch's `nn.SyncBatchNorm` fixes that on
 GPUs only (its kernels are CUDA's), so on the CPU (gloo) `train.sync_bn` uses `GroupBatchNorm2d` instead: the
-same arithmetic written with differentiable collectives (`torch.distributed.nn.functional.all_reduce`), so
-autograd carries the gradient through the shared mean and variance as SyncBatchNorm's backward does.
+same arithmetic written with a differentiable sum over ranks (`all_reduce_sum`), so autograd carries the gradient
+through the shared mean and variance as SyncBatchNorm's backward does.
 
 Two passes (the sum and count, then the squared deviations from the shared mean) rather than sum and sum of
 squares: the one-pass form loses the variance to cancellation when a channel's mean is large against its spread.
@@ -14,8 +14,27 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum shared by every rank is the sum of the ranks' gradients.
+    (torch.distributed.nn.functional.all_reduce does this, but warns that it is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the ranks of the default process group, differentiably."""
+    return _AllReduceSum.apply(tensor)
 
 
 class GroupBatchNorm2d(nn.BatchNorm2d):
@@ -31,15 +50,15 @@ class GroupBatchNorm2d(nn.BatchNorm2d):
         dims = (0, 2, 3)
         shape = (1, -1, 1, 1)
         local_count = x.new_tensor([x.numel() // x.shape[1]], dtype=torch.float32)
-        totals = dist_nn.all_reduce(torch.cat([x.float().sum(dims), local_count]))
-        count = totals[-1]
-        if float(count) < 2:
+        totals = all_reduce_sum(torch.cat([x.float().sum(dims), local_count]))
+        count = float(totals[-1].detach())
+        if count < 2:
             raise ValueError(f"BatchNorm needs more than one value per channel over all ranks, got {x.shape}")
         mean = totals[:-1] / count
         centred = x.float() - mean.view(shape)
-        var = dist_nn.all_reduce(centred.square().sum(dims)) / count  # biased: what the batch is normalised by
+        var = all_reduce_sum(centred.square().sum(dims)) / count  # biased: what the batch is normalised by
         if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), float(count))
+            self._update_running_stats(mean.detach(), var.detach(), count)
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
