@@ -50,19 +50,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_process(getattr(args, "threads", None), getattr(args, "device", "cpu"))
-    from msseg_core.checkpoint import CheckpointError, load_checkpoint
+    from msseg_core.checkpoint import CheckpointError
     from msseg_core.data import build_dataset
     from msseg_core.io import write_json_atomic
     from msseg_core.runtime.segmenter import Segmenter
-    from msseg_core.zoo import resolve_checkpoint
 
     if args.temperature_from:
         return _transfer(args)
     try:
-        path = resolve_checkpoint(args.checkpoint)
-        model, meta = load_checkpoint(path)
-        if args.input_size:
-            meta.input_size = list(args.input_size)
+        path, model, meta = _load(args)
         if meta.trained_on(args.split, args.dataset):
             raise ValueError(f"{path} trained on frames of {args.split!r} (train_split "
                              f"{meta.recipe['data']['train_split']!r}): a temperature fitted there is over-confident; "
@@ -84,6 +80,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    """The checkpoint to calibrate, set to run at --input-size when one is given."""
+    from msseg_core.checkpoint import load_checkpoint
+    from msseg_core.zoo import resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    model, meta = load_checkpoint(path)
+    if args.input_size:
+        meta.input_size = list(args.input_size)
+    return path, model, meta
+
+
 def _save_calibrated(args: argparse.Namespace, path, model, meta, temperature: float, figures: dict) -> None:
     """The checkpoint again with its temperature and the figures behind it (fp16 storage kept or asked)."""
     from msseg_core.checkpoint import save_checkpoint, stored_half
@@ -96,18 +104,16 @@ def _save_calibrated(args: argparse.Namespace, path, model, meta, temperature: f
 def _transfer(args: argparse.Namespace) -> int:
     """--temperature-from: the temperature of a calibrated sibling, its figures recorded with where they came
     from (a model that trained on every labelled split has none left to fit on)."""
-    from msseg_core.checkpoint import CheckpointError, load_checkpoint, load_meta
+    from msseg_core.checkpoint import CheckpointError, load_meta
     from msseg_core.zoo import resolve_checkpoint
 
     try:
-        path, source = resolve_checkpoint(args.checkpoint), resolve_checkpoint(args.temperature_from)
-        model, meta = load_checkpoint(path)
+        source = resolve_checkpoint(args.temperature_from)
+        path, model, meta = _load(args)
         donor = load_meta(source)
         fitted = donor.metrics.get("calibration")
         if not fitted or donor.temperature == 1.0:
             raise ValueError(f"{source} is not calibrated (no fitted temperature): run msseg-calibrate on it first")
-        if args.input_size:
-            meta.input_size = list(args.input_size)
         if donor.input_size != meta.input_size:  # a temperature holds for the input it was fitted at
             raise ValueError(f"{source} was calibrated at a {_hw(donor.input_size)} network input, {path} runs at "
                              f"{_hw(meta.input_size)}: give --input-size {_hw(donor.input_size)}, or calibrate "

@@ -50,12 +50,13 @@ class GroupBatchNorm2d(nn.BatchNorm2d):
         dims = (0, 2, 3)
         shape = (1, -1, 1, 1)
         local_count = x.new_tensor([x.numel() // x.shape[1]], dtype=torch.float32)
-        totals = all_reduce_sum(torch.cat([x.float().sum(dims), local_count]))
+        xf = x.float()  # x itself when it is fp32
+        totals = all_reduce_sum(torch.cat([xf.sum(dims), local_count]))
         count = float(totals[-1].detach())
         if count < 2:
             raise ValueError(f"BatchNorm needs more than one value per channel over all ranks, got {x.shape}")
         mean = totals[:-1] / count
-        centred = x.float() - mean.view(shape)
+        centred = xf - mean.view(shape)
         var = all_reduce_sum(centred.square().sum(dims)) / count  # biased: what the batch is normalised by
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count)

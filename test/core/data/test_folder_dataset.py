@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fake_datasets import fake_image, fake_street_label
+from helpers_ddp import free_port
 from paths import REPO
 from safetensors.torch import load_file
 
@@ -409,7 +410,6 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str, argv: list[str]) -> 
 def test_finetune_with_a_frozen_encoder_under_ddp(folder, tmp_path, monkeypatch):
     """Two gloo ranks (as torchrun starts them): the encoder is frozen for epoch 1 and trained in epoch 2 (DDP is
     re-wrapped when it thaws), and both ranks end with identical weights."""
-    import socket
 
     import torch.multiprocessing as mp
     from tiny_model import write_tiny_checkpoint
@@ -419,9 +419,7 @@ def test_finetune_with_a_frozen_encoder_under_ddp(folder, tmp_path, monkeypatch)
     argv = [f"model.init_from={init}", f"data.root={folder}", "data.crop_size=[32,48]", "data.eval_size=[32,48]",
             "train.batch_size=2", "train.val_batch_size=2", "train.device=cpu", "train.channels_last=off",
             "train.epochs=2", "optim.freeze_encoder_epochs=1", "optim.lr=0.01"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), argv), nprocs=2, join=True)
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers_ddp import free_port
 from safetensors.torch import load_file, save_file
 
 PIPELINES = ("gpu_resident", "loader")
@@ -25,12 +25,6 @@ optim: {name: adamw, lr: 0.01, schedule: poly}
 train: {epochs: 2, batch_size: 2, val_batch_size: 2, class_weighting: mfb, device: cpu, sync_bn: true, ema_decay: EMA}
 """
 EMA = {"gpu_resident": 0.0, "loader": 0.5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, world: int, ports: list[int], tmp: str) -> None:

@@ -3,12 +3,11 @@ exactly as one BatchNorm over the whole batch, which is what a single-process ru
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers_ddp import free_port
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -61,12 +60,6 @@ def worker(rank: int, port: int, momentum: float | None, out: str) -> None:
         save_file({k: v.contiguous() for k, v in result.items()}, f"{out}/rank{rank}.safetensors")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow  # two processes
