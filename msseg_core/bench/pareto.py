@@ -233,7 +233,8 @@ def write_chart(report: dict, path: str | Path, title: str = "") -> Path:
     ax.set_xlabel("frames/s (Segmenter.predict, frame in -> labels out)")
     ax.set_ylabel(f"mIoU % ({report['args'].get('split', 'val')})")
     env = report["env"]
-    ax.set_title(title or f"{env.get('cpu', env['device'])}, {env['threads']} thread(s)", fontsize=9)
+    flags = f" ({' '.join(env['cpu_flags'])})" if env.get("cpu_flags") else ""
+    ax.set_title(title or f"{env.get('cpu', env['device'])}{flags}, {env['threads']} thread(s)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     return save_figure(fig, path)

@@ -13,6 +13,8 @@ def to_markdown(report: dict) -> str:
     """A table of the results plus the environment, for BENCHMARKS.md."""
     env = report["env"]
     where = env.get("device_name") or env.get("cpu")
+    if env.get("cpu_flags") and not env.get("device_name"):
+        where = f"{where}; {' '.join(env['cpu_flags'])}"
     lines = [f"<!-- msseg-bench {report['kind']} {env['time']} -->",
              f"Device: {env['device']} ({where}), threads {env['threads']}, torch {env['torch']}, "
              f"onnxruntime {env.get('onnxruntime')}, load average {env.get('loadavg')}", ""]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
-from msseg_core.runtime.engines.torch_ort import cpu_name
+from msseg_core.runtime.engines.torch_ort import cpu_flags, cpu_name
 
 
 def device_sync(device: torch.device) -> Callable[[], None]:
@@ -52,10 +52,11 @@ def latency_stats(times_s: Sequence[float]) -> dict:
 
 
 def environment(device: torch.device, threads: int) -> dict:
-    """What the figures were taken on: versions, device, CPU, threads, load (noisy machines show)."""
+    """What the figures were taken on: versions, device, CPU and its ISA flags, threads, load (noisy machines show)."""
     env = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "device": str(device), "threads": threads,
-           "cpu": cpu_name(), "cpu_count": os.cpu_count()}
+           "cpu": cpu_name(), "cpu_flags": cpu_flags(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "cpu_count": os.cpu_count()}
     try:
         import onnxruntime
 

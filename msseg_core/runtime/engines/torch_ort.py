@@ -58,6 +58,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set extensions that change CPU inference speed (INT8 gains most with VNNI/AMX), in this order.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+               "amx_bf16", "asimd", "asimddp", "sve")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The speed-relevant ISA flags of this CPU (`SPEED_FLAGS` present in /proc/cpuinfo): machines with the same
+    model name can differ here, and INT8 figures mean little without them. Empty where /proc/cpuinfo is absent."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    have: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, ARM
+            have.update(value.split())
+            break
+    return [f for f in SPEED_FLAGS if f in have]
+
+
 # ------------------------------------------------------------------------------ BatchNorm folding
 
 

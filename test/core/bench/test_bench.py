@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from msseg_core.bench import options, timing
+from msseg_core.bench import report as bench_report
 from msseg_core.bench import segmenter as bench_segmenter
 from msseg_core.checkpoint import load_checkpoint
 from msseg_core.cli import bench
+from msseg_core.runtime.engines.torch_ort import cpu_flags
 from msseg_core.runtime.segmenter import OUTPUTS, Segmenter
 
 LATENCY_KEYS = {"p50", "p99", "mean", "min"}
@@ -25,7 +27,9 @@ def test_model_bench_writes_valid_json_and_markdown(tmp_path):
                          "--json", str(out_json), "--md", str(out_md)])
     assert status == 0
     report = json.loads(out_json.read_text())
-    assert report["kind"] == "model" and {"torch", "device", "threads", "cpu", "time"} <= set(report["env"])
+    env_keys = {"torch", "device", "threads", "cpu", "cpu_flags", "time"}
+    assert report["kind"] == "model" and env_keys <= set(report["env"])
+    assert report["env"]["cpu_flags"] == cpu_flags()
     rows = report["results"]
     assert len(rows) == 2 * 3 * 2  # precisions x modes x batches
     for r in rows:
@@ -103,6 +107,19 @@ def test_naive_reference_agrees_with_the_segmenter(tiny_checkpoint, upsample):
         err = np.abs(a["confidence"].astype(int) - b["confidence"])[same]
         assert err.max() <= 2 if upsample == "exact" else (err <= 2).mean() >= 0.99
         np.testing.assert_array_equal(a["road_mask"][same], b["road_mask"][same])
+
+
+def test_cpu_flags_name_the_isa_extensions_that_change_speed():
+    """Two machines with one model name can differ in VNNI/AMX, which decides INT8 speed: reports say which."""
+    x86 = ("processor\t: 0\nmodel name\t: AMD EPYC\n"
+           "flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16 sha_ni\n")
+    assert cpu_flags(x86) == ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]
+    assert cpu_flags("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n") == ["avx2", "fma"]
+    assert cpu_flags("processor\t: 0\nFeatures\t: fp asimd asimddp crc32\n") == ["asimd", "asimddp"]
+    assert cpu_flags("model name\t: something\n") == []
+    env = {"time": "t", "device": "cpu", "cpu": "AMD EPYC", "cpu_flags": ["avx2", "avx512_vnni"], "threads": 1,
+           "torch": "2"}
+    assert "AMD EPYC; avx2 avx512_vnni" in bench_report.to_markdown({"kind": "model", "env": env, "results": []})
 
 
 def test_timing_helpers_and_argument_errors():
