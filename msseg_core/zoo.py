@@ -2,7 +2,7 @@
 
 | name          | tier                  | network                                                  | input   |
 |---------------|-----------------------|----------------------------------------------------------|---------|
-| `camvid`      | accurate (default)    | MSSANet decoder on ImageNet EfficientNet-Lite2           | 480x800 |
+| `camvid`      | accurate (default)    | MSSANet decoder on ImageNet EfficientNet-Lite2           | 448x864 |
 | `camvid_fast` | fast (>= 50 FPS, CPU) | half-width MSSANet decoder on ImageNet EfficientNet-Lite0 | 192x320 |
 
 Both trained on CamVid train+val with a recipe and schedule chosen on train -> val (docs/models.md).
@@ -26,7 +26,7 @@ class ZooEntry:
 
 
 ZOO: dict[str, ZooEntry] = {
-    "camvid": ZooEntry("camvid.safetensors", "accurate: MSSANet decoder on ImageNet EfficientNet-Lite2, 480x800"),
+    "camvid": ZooEntry("camvid.safetensors", "accurate: MSSANet decoder on ImageNet EfficientNet-Lite2, 448x864"),
     "camvid_fast": ZooEntry("camvid_fast.safetensors",
                             "fast: half-width MSSANet decoder on EfficientNet-Lite0, 192x320"),
 }
