@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from msseg_core.io import write_text_atomic
+from msseg_core.runtime.engines.torch_ort import cpu_flags, cpu_name
 from msseg_ros.node.pipeline import COUNTERS, all_accounted
 from msseg_ros.transport import topics
 
@@ -266,7 +267,8 @@ def run_soak(duration: float = 600.0, rate_factor: float = 3.0, checkpoint: str 
     client = None
     report: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        "machine": f"{cpu_name()} ({' '.join(cpu_flags()) or 'no ISA flags read'}), {platform.machine()}, "
+                   f"{os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "node_command": " ".join(node.cmd), "frame": f"{width}x{height} rgb8", "outputs": list(outputs),
         "duration_s": duration, "warmup_s": warmup, "rate_factor": rate_factor, "reliability": reliability,
     }

@@ -37,7 +37,7 @@ from torch import nn
 from msseg_core.checkpoint import CheckpointMeta
 from msseg_core.io import write_json_atomic
 from msseg_core.runtime.engines.cache import key_digest
-from msseg_core.runtime.engines.torch_ort import EngineUnavailable, OrtEngine, TorchEngine, cpu_name
+from msseg_core.runtime.engines.torch_ort import EngineUnavailable, OrtEngine, TorchEngine, cpu_flags, cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,8 @@ class EngineFactory:
     def _choice_key(self, names: list[str]) -> dict:
         req = self.req
         source = _file_id(self.onnx_file()) if (req.precision == "int8" or req.model is None) else self._digest()
-        return {"rule": AUTO_RULE, "cpu": cpu_name(), "threads": req.threads, "device": str(req.device),
+        return {"rule": AUTO_RULE, "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": req.threads,
+                "device": str(req.device),
                 "precision": req.precision, "input_size": list(req.input_size), "source": source,
                 "versions": engine_versions(), "options": repr(sorted(req.torch_options.items())),
                 "openvino_device": req.openvino_device, "candidates": names}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from msseg_core.runtime.engines.cache import file_sha256, load_or_build
-from msseg_core.runtime.engines.torch_ort import EngineUnavailable, cpu_name, default_threads
+from msseg_core.runtime.engines.torch_ort import EngineUnavailable, cpu_flags, cpu_name, default_threads
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def cache_key(onnx_sha256: str, input_size: tuple[int, int] | None, precision: s
     """Everything a compiled blob depends on; a change in any field means a rebuild."""
     return {"engine": "openvino", "version": version, "onnx_sha256": onnx_sha256, "checkpoint": source_digest,
             "input_size": list(input_size) if input_size else None, "precision": precision,
-            "device": device_name, "cpu": cpu if cpu is not None else cpu_name(), "config": config}
+            "device": device_name, "cpu": cpu if cpu is not None else cpu_name(), "cpu_flags": cpu_flags(),
+            "config": config}
 
 
 class OpenVinoEngine:

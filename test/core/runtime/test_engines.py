@@ -309,3 +309,18 @@ def test_auto_decision_is_cached_and_shown_by_describe(ckpt, tmp_path, monkeypat
     info = again.describe()["auto"]
     assert again.backend == "onnxruntime" and info["cached"] and info["timings_ms"]["onnxruntime"] == 500.0
     assert set(info["candidates"]) == {"torch", "onnxruntime"}
+    # A CPU of the same model name but other ISA extensions (one without VNNI, say) races the engines again.
+    monkeypatch.setattr(engines, "cpu_flags", lambda: ["not_this_cpu"])
+    monkeypatch.setattr(engines, "_race", lambda nets, x, b: {k: {"torch": 0.5}.get(k, 1.0) for k in nets})
+    other = Segmenter.from_checkpoint(ckpt, cache_dir=tmp_path, **T1)
+    assert other.backend == "torch" and not other.describe()["auto"]["cached"]
+
+
+def test_openvino_blobs_are_keyed_by_the_cpus_isa_extensions(monkeypatch):
+    """Same model name, other ISA flags: a compiled blob from one is not loaded on the other."""
+    from msseg_core.runtime.engines import openvino_engine
+
+    key = openvino_engine.cache_key("sha", (48, 64), "fp32", "CPU", {}, "v", cpu="AMD EPYC")
+    monkeypatch.setattr(openvino_engine, "cpu_flags", lambda: ["not_this_cpu"])
+    other = openvino_engine.cache_key("sha", (48, 64), "fp32", "CPU", {}, "v", cpu="AMD EPYC")
+    assert other != key and other["cpu_flags"] == ["not_this_cpu"]
