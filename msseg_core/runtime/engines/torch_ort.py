@@ -18,6 +18,7 @@ OpenVINO and TensorRT live in `openvino_backend.py` and `tensorrt_backend.py` (o
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import platform
@@ -46,15 +47,20 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process (it does not change, and cache keys ask for it on every engine build)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_name() -> str:
     """The processor's model name (benchmarks and cache keys record which machine measured)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -66,13 +72,8 @@ SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16
 def cpu_flags(cpuinfo: str | None = None) -> list[str]:
     """The speed-relevant ISA flags of this CPU (`SPEED_FLAGS` present in /proc/cpuinfo): machines with the same
     model name can differ here, and INT8 figures mean little without them. Empty where /proc/cpuinfo is absent."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
     have: set[str] = set()
-    for line in cpuinfo.splitlines():
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):  # x86, ARM
             have.update(value.split())

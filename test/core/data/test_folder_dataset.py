@@ -410,7 +410,6 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str, argv: list[str]) -> 
 def test_finetune_with_a_frozen_encoder_under_ddp(folder, tmp_path, monkeypatch):
     """Two gloo ranks (as torchrun starts them): the encoder is frozen for epoch 1 and trained in epoch 2 (DDP is
     re-wrapped when it thaws), and both ranks end with identical weights."""
-
     import torch.multiprocessing as mp
     from tiny_model import write_tiny_checkpoint
 
