@@ -324,6 +324,15 @@ class SegmentationClient(contextlib.AbstractContextManager):
                               GetAvailableTransitions.Request(), timeout)
         return {t.transition.label for t in response.available_transitions}
 
+    def subscribed_topics(self, node_name: str, namespace: str, timeout: float = 30.0) -> set[str]:
+        """Topics the node subscribes to. A node whose services already answered may still be missing from this
+        process's graph cache (discovery is asynchronous), so wait until the graph lists it first."""
+        deadline = time.monotonic() + timeout
+        while (node_name, namespace) not in self.node.get_node_names_and_namespaces():
+            assert time.monotonic() < deadline, f"{namespace}/{node_name} never appeared in the ROS graph"
+            time.sleep(0.05)
+        return {name for name, _ in self.node.get_subscriber_names_and_types_by_node(node_name, namespace)}
+
     def close(self) -> None:
         self._ros.close()
 

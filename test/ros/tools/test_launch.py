@@ -165,7 +165,7 @@ def test_plain_command_equivalent_to_the_launch_file(launch_module: ModuleType, 
             SegmentationClient(ns, image_topic=f"{cam}/image") as client:
         proc.wait_for_output(f"subscribed to {cam}/image", timeout=90)
         client.wait_until_served()
-        subscribed = {name for name, _ in client.node.get_subscriber_names_and_types_by_node("msseg_node", ns)}
+        subscribed = client.subscribed_topics("msseg_node", ns)
         assert {f"{cam}/image", f"{cam}/camera_info"} <= subscribed, subscribed
         yaml_params = yaml.safe_load((REPO / launch_module.PARAMS_FILE).read_text())["/**"]["ros__parameters"]
         expected = {**yaml_params, "checkpoint": str(tiny_checkpoint), "device": "cpu", **FAST_PARAMS}
@@ -199,8 +199,7 @@ def test_multi_camera_plain_command_serves_every_camera(multi_launch: ModuleType
                 sent = rgb_image(random_rgb(24, 32, seed=len(camera)), make_header(f"{camera}_optical_frame"))
                 labels = client.request(sent)["labels"]
                 assert labels.header == sent.header, camera
-            subscribed = {name for name, _ in clients["front"].node.get_subscriber_names_and_types_by_node(
-                "msseg_node", ns)}
+            subscribed = clients["front"].subscribed_topics("msseg_node", ns)
             assert {f"{cam}/{c}/image_raw" for c in clients} <= subscribed, subscribed
             got = clients["front"].get_parameters(f"{ns}/msseg_node", ["cameras", "front.camera_height",
                                                                        "left.camera_yaw", "right.grid_resolution"])
